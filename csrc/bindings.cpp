@@ -1,0 +1,101 @@
+// zfast._C: pybind11 bindings over raw pointers (no libtorch linkage).
+//
+// Every function takes data pointers and sizes as integers; zfast/ops/*.py validate dtype, device,
+// contiguity and shapes before calling, and pass torch's current CUDA stream as an integer handle.
+// The GIL is released while kernels run so torch's own threads and other Python threads can proceed.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "redshift_resample/redshift_resample.h"
+
+#if defined(ZFAST_WITH_CUDA)
+#include <cuda_runtime.h>
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+zfast::redshift_resample::Params make_redshift_resample_params(
+    std::uintptr_t cumulative, int64_t n_seds, int64_t n_rest_pixels, std::uintptr_t sed_index,
+    std::uintptr_t z, int64_t batch, std::uintptr_t edge_position, std::uintptr_t inv_bin_width,
+    int64_t n_bins, double ln_edge0, double dln, double inv_expm1_dln, float fill, std::uintptr_t out) {
+  zfast::redshift_resample::Params p;
+  p.cumulative = reinterpret_cast<const double*>(cumulative);
+  p.n_seds = n_seds;
+  p.n_rest_pixels = n_rest_pixels;
+  p.sed_index = reinterpret_cast<const int64_t*>(sed_index);
+  p.z = reinterpret_cast<const double*>(z);
+  p.batch = batch;
+  p.edge_position = reinterpret_cast<const double*>(edge_position);
+  p.inv_bin_width = reinterpret_cast<const double*>(inv_bin_width);
+  p.n_bins = n_bins;
+  p.ln_edge0 = ln_edge0;
+  p.dln = dln;
+  p.inv_expm1_dln = inv_expm1_dln;
+  p.fill = fill;
+  p.out = reinterpret_cast<float*>(out);
+  return p;
+}
+
+int cuda_device_count() {
+#if defined(ZFAST_WITH_CUDA)
+  int count = 0;
+  // With the static runtime and no driver this returns cudaErrorInsufficientDriver: that means "no CUDA".
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "zfast native kernels (raw-pointer interface; use the zfast package, not this module)";
+#if defined(ZFAST_WITH_CUDA)
+  m.attr("built_with_cuda") = true;
+#else
+  m.attr("built_with_cuda") = false;
+#endif
+  m.def("cuda_device_count", &cuda_device_count,
+        "Number of CUDA devices our runtime sees; 0 when built without CUDA or when no driver/GPU is present.");
+
+  m.def(
+      "redshift_resample_cpu",
+      [](std::uintptr_t cumulative, int64_t n_seds, int64_t n_rest_pixels, std::uintptr_t sed_index,
+         std::uintptr_t z, int64_t batch, std::uintptr_t edge_position, std::uintptr_t inv_bin_width,
+         int64_t n_bins, double ln_edge0, double dln, double inv_expm1_dln, float fill, std::uintptr_t out,
+         int n_threads) {
+        zfast::redshift_resample::launch_cpu(
+            make_redshift_resample_params(cumulative, n_seds, n_rest_pixels, sed_index, z, batch, edge_position,
+                                          inv_bin_width, n_bins, ln_edge0, dln, inv_expm1_dln, fill, out),
+            n_threads);
+      },
+      py::arg("cumulative"), py::arg("n_seds"), py::arg("n_rest_pixels"), py::arg("sed_index"), py::arg("z"),
+      py::arg("batch"), py::arg("edge_position"), py::arg("inv_bin_width"), py::arg("n_bins"),
+      py::arg("ln_edge0"), py::arg("dln"), py::arg("inv_expm1_dln"), py::arg("fill"), py::arg("out"),
+      py::arg("n_threads"), py::call_guard<py::gil_scoped_release>());
+
+#if defined(ZFAST_WITH_CUDA)
+  m.def(
+      "redshift_resample_cuda",
+      [](std::uintptr_t cumulative, int64_t n_seds, int64_t n_rest_pixels, std::uintptr_t sed_index,
+         std::uintptr_t z, int64_t batch, std::uintptr_t edge_position, std::uintptr_t inv_bin_width,
+         int64_t n_bins, double ln_edge0, double dln, double inv_expm1_dln, float fill, std::uintptr_t out,
+         int device, std::uintptr_t stream) {
+        zfast::redshift_resample::launch_cuda(
+            make_redshift_resample_params(cumulative, n_seds, n_rest_pixels, sed_index, z, batch, edge_position,
+                                          inv_bin_width, n_bins, ln_edge0, dln, inv_expm1_dln, fill, out),
+            device, stream);
+      },
+      py::arg("cumulative"), py::arg("n_seds"), py::arg("n_rest_pixels"), py::arg("sed_index"), py::arg("z"),
+      py::arg("batch"), py::arg("edge_position"), py::arg("inv_bin_width"), py::arg("n_bins"),
+      py::arg("ln_edge0"), py::arg("dln"), py::arg("inv_expm1_dln"), py::arg("fill"), py::arg("out"),
+      py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+#endif
+}

@@ -1,0 +1,6 @@
+"""zfast ops: pure-PyTorch references (also the fallback) and their ``torch.library`` custom-op wrappers."""
+
+from .rebin import pixel_edges, rebin
+from .redshift_resample import redshift_resample, redshift_resample_reference
+
+__all__ = ["pixel_edges", "rebin", "redshift_resample", "redshift_resample_reference"]
