@@ -117,6 +117,12 @@ def _validate_values(cumulative, sed_index, z, wave_edges, ln_edge0, dln, need_c
             b = int(torch.nonzero(outside).flatten()[0])
             lo_rest, hi_rest = math.exp(ln_edge0), math.exp(ln_edge0 + n_rest * dln)
             first, last = wave_edges[[0, -1]].tolist()
+            if z_min > z_max:
+                raise ValueError(
+                    f"no redshift can be served on this grid: the observed bins span {first:.1f}-{last:.1f} Å "
+                    f"(a factor {last / first:.4g}) but the library's rest grid covers only {lo_rest:.1f}-{hi_rest:.1f} Å "
+                    f"(a factor {hi_rest / lo_rest:.4g}); use a wider library or pass fill=<value>"
+                )
             raise ValueError(
                 f"z[{b}] = {z[b].item():.6g} is outside the redshifts this library can serve on this grid: "
                 f"the rest grid covers {lo_rest:.1f}-{hi_rest:.1f} Å and the observed bins {first:.1f}-{last:.1f} Å, "

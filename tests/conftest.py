@@ -1,0 +1,51 @@
+"""Shared helpers for the tests: random SED libraries and observed grids built from integer indices."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import pytest
+import torch
+
+import zfast
+
+requires_cuda = pytest.mark.skipif(not zfast.native_available()["cuda"], reason="needs a CUDA GPU and the CUDA build")
+
+
+def log_uniform_centres(lo: float, hi: float, dln: float) -> torch.Tensor:
+    """Pixel centres from lo (first centre) up to hi on a log-uniform grid, built from an integer index."""
+    n = int(math.floor(math.log(hi / lo) / dln)) + 1
+    return torch.exp(math.log(lo) + torch.arange(n, dtype=torch.float64) * dln)
+
+
+def random_library(generator: torch.Generator, n_seds: int = 7, lo: float = 3500.0, hi: float = 10500.0,
+                   dln: float = 1 / 2000) -> zfast.SEDLibrary:
+    """Positive random SEDs with a few sharp spikes (lines), so neighbouring pixels differ strongly."""
+    wave = log_uniform_centres(lo, hi, dln)
+    flux = torch.rand(n_seds, wave.numel(), dtype=torch.float64, generator=generator) + 0.05
+    spikes = torch.randint(0, wave.numel(), (n_seds, 20), generator=generator)
+    flux.scatter_add_(1, spikes, 50.0 * torch.rand(n_seds, 20, dtype=torch.float64, generator=generator))
+    return zfast.SEDLibrary(wave, flux)
+
+
+def nisp_edges() -> torch.Tensor:
+    """Euclid NISP red grism: 12060-18920 Å in 512 bins of 13.4 Å."""
+    return 12060.0 + 13.4 * torch.arange(513, dtype=torch.float64)
+
+
+def random_edges(generator: torch.Generator, lo: float, hi: float, n_bins: int) -> torch.Tensor:
+    """n_bins + 1 strictly increasing edges from lo to hi with random (non-uniform) widths."""
+    widths = 0.3 + torch.rand(n_bins, dtype=torch.float64, generator=generator)
+    edges = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(widths, 0)])
+    return lo + (hi - lo) * edges / edges[-1]
+
+
+@pytest.fixture
+def generator(request) -> torch.Generator:
+    """A freshly seeded generator: new random inputs every run; the seed is shown when a test fails
+    (set ZFAST_TEST_SEED to replay it)."""
+    seed = int(os.environ.get("ZFAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    request.node.add_report_section("call", "seed", f"ZFAST_TEST_SEED={seed}")
+    return torch.Generator().manual_seed(seed)
