@@ -229,6 +229,9 @@ def test_bad_inputs_raise_clear_errors(generator, sed_index, z, match, error):
     "edges, match",
     [
         (torch.tensor([12060.0]), "M\\+1 >= 2"),
+        (torch.tensor([12060.0, 12080.0, 12070.0, 12090.0]), r"wave_edges must be strictly increasing; wave_edges\[2\]"),
+        (torch.tensor([12060.0, math.nan, 12090.0]), "wave_edges has 1 non-finite"),
+        (torch.tensor([-1.0, 12080.0, 12090.0]), "wave_edges must be positive"),
         (torch.tensor([[12060.0, 12070.0]]), "1-D"),
         (torch.arange(3.0, device="meta") + 12060, "wave_edges is on meta"),
     ],

@@ -22,8 +22,8 @@
 // so C_s, the location t, the in-pixel fraction and the difference are all float64; only F_bj is rounded
 // to float32 when stored.
 //
-// Coverage: an edge is covered when -kCoverageTolerance <= t <= N + kCoverageTolerance (then t is clamped
-// into [0, N]); a bin is covered when both its edges are. Uncovered bins, and whole rows whose sed_index is
+// Coverage: an edge is covered when -kCoverageTolerance <= t <= N + kCoverageTolerance (t is clamped into
+// [0, N] before use); a bin is covered when both its edges are. Uncovered bins, and whole rows whose sed_index is
 // outside [0, S), are written as `fill`. Python validates inputs before the launch (with half this
 // tolerance, so a validated call never fills); the kernel only makes sure nothing is read out of bounds.
 #pragma once
@@ -62,9 +62,11 @@ ZFAST_HD double row_offset(double log1p_z, double ln_edge0, double dln) {
   return (log1p_z + ln_edge0) / dln;
 }
 
-ZFAST_HD bool edge_covered(double t, double n_rest_pixels) {
-  return t >= -kCoverageTolerance && t <= n_rest_pixels + kCoverageTolerance;
-}
+// An edge is uncovered below (t < -tol) or above (t > N + tol) the rest grid. Observed edges increase, so
+// the uncovered edges of a row are a run at each end and the covered bins one contiguous stretch:
+// bin j is covered iff its lower edge is not below and its upper edge not above.
+ZFAST_HD bool edge_below(double t) { return t < -kCoverageTolerance; }
+ZFAST_HD bool edge_above(double t, double n_rest_pixels) { return t > n_rest_pixels + kCoverageTolerance; }
 
 // C_s at rest position t (in pixels from e_0); t is clamped into [0, N] so any input reads in bounds.
 ZFAST_HD double cumulative_at(const double* cumulative_row, double t, int64_t n_rest_pixels, double dln,
@@ -81,9 +83,8 @@ ZFAST_HD double cumulative_at(const double* cumulative_row, double t, int64_t n_
   return c0 + (c1 - c0) * (expm1_x * inv_expm1_dln);
 }
 
-ZFAST_HD float bin_mean(double cumulative_lo, double cumulative_hi, double inv_bin_width, bool covered,
-                        float fill) {
-  return covered ? static_cast<float>((cumulative_hi - cumulative_lo) * inv_bin_width) : fill;
+ZFAST_HD float bin_mean(double cumulative_lo, double cumulative_hi, double inv_bin_width) {
+  return static_cast<float>((cumulative_hi - cumulative_lo) * inv_bin_width);
 }
 
 }  // namespace redshift_resample

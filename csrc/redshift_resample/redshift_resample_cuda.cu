@@ -35,10 +35,10 @@ __global__ void redshift_resample_kernel(const Params p) {
     const double offset = row_offset(log1p(p.z[b]), p.ln_edge0, p.dln);
     const double t_lo = p.edge_position[j] - offset;
     const double t_hi = p.edge_position[j + 1] - offset;
-    const bool covered = edge_covered(t_lo, n_rest) && edge_covered(t_hi, n_rest);
+    const bool covered = !edge_below(t_lo) && !edge_above(t_hi, n_rest);
     const double c_lo = cumulative_at(row, t_lo, p.n_rest_pixels, p.dln, p.inv_expm1_dln);
     const double c_hi = cumulative_at(row, t_hi, p.n_rest_pixels, p.dln, p.inv_expm1_dln);
-    p.out[i] = bin_mean(c_lo, c_hi, p.inv_bin_width[j], covered, p.fill);
+    p.out[i] = covered ? bin_mean(c_lo, c_hi, p.inv_bin_width[j]) : p.fill;
   }
 }
 

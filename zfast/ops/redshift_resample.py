@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from .. import _native
+from ._checks import check_increasing
 
 # An edge is covered when -tol <= t <= N + tol (t in rest pixels); must equal kCoverageTolerance in the header.
 COVERAGE_TOLERANCE = 1e-6
@@ -88,6 +89,7 @@ def _validate_values(cumulative, sed_index, z, wave_edges, ln_edge0, dln, need_c
         return
     z64 = z.to(torch.float64)
     finite = torch.isfinite(z64)
+    edges_ok = torch.isfinite(wave_edges).all() & (wave_edges[1:] > wave_edges[:-1]).all() & (wave_edges[0] > 0)
     stats = torch.stack(
         [
             (~finite).sum().double(),
@@ -95,9 +97,12 @@ def _validate_values(cumulative, sed_index, z, wave_edges, ln_edge0, dln, need_c
             torch.where(finite, z64, -math.inf).max(),
             sed_index.min().double(),
             sed_index.max().double(),
+            edges_ok.double(),
         ]
-    ).tolist()
-    n_nonfinite, z_lo, z_hi, index_lo, index_hi = stats
+    ).tolist()  # the one host sync of the checks
+    n_nonfinite, z_lo, z_hi, index_lo, index_hi, grid_ok = stats
+    if not grid_ok:
+        check_increasing(wave_edges.to(torch.float64), "wave_edges", positive=True)
     if n_nonfinite:
         b = int(torch.nonzero(~finite).flatten()[0])
         raise ValueError(f"z has {int(n_nonfinite)} non-finite values; z[{b}] = {z[b].item()}")
