@@ -196,6 +196,18 @@ def test_torch_compile_fullgraph(generator):
     torch.testing.assert_close(compiled(sed_index, z), observe(sed_index, z))
 
 
+def test_grid_changed_in_place_is_not_served_from_the_cache(generator):
+    library = random_library(generator, n_seds=3)
+    edges = nisp_edges()
+    sed_index, z = torch.tensor([0, 1, 2]), torch.tensor([1.1, 1.4, 1.7])
+    before = library.redshift_resample(sed_index, z, edges)
+    assert torch.equal(library.redshift_resample(sed_index, z, edges), before)  # cached tables, same answer
+    edges.mul_(1.01)
+    after = library.redshift_resample(sed_index, z, edges)
+    assert_float32_close(after, reference(library, sed_index, z, edges))
+    assert not torch.equal(after, before)
+
+
 def test_empty_batch_returns_empty(generator):
     library = random_library(generator, n_seds=2)
     out = library.redshift_resample(torch.zeros(0, dtype=torch.int64), torch.zeros(0), nisp_edges())

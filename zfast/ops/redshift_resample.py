@@ -18,6 +18,7 @@ kernel, and the float64 oracle of the tests.
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Optional
 
@@ -162,6 +163,31 @@ def _check_shapes(cumulative, sed_index, z, wave_edges) -> None:
             )
 
 
+_GRID_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_GRID_CACHE_SIZE = 8
+
+
+def _grid_tables(wave_edges: torch.Tensor, dln: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """ln(a_j)/dln [M+1] and 1/(a_{j+1} - a_j) [M] in float64, cached per observed grid.
+
+    A training loop calls the op with the same grid every step; caching saves a handful of small launches
+    per call. The key holds the tensor itself (so its memory cannot be reused by another tensor while
+    cached) and its version counter (so an in-place change invalidates the entry).
+    """
+    key = (id(wave_edges), wave_edges._version, dln)
+    hit = _GRID_CACHE.get(key)
+    if hit is not None and hit[0] is wave_edges:
+        _GRID_CACHE.move_to_end(key)
+        return hit[1], hit[2]
+    edges = wave_edges.to(torch.float64)
+    edge_position = (torch.log(edges) / dln).contiguous()
+    inv_bin_width = (1.0 / (edges[1:] - edges[:-1])).contiguous()
+    _GRID_CACHE[key] = (wave_edges, edge_position, inv_bin_width)
+    while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
+        _GRID_CACHE.popitem(last=False)
+    return edge_position, inv_bin_width
+
+
 @torch.library.custom_op("zfast::redshift_resample", mutates_args=())
 def _redshift_resample_op(
     cumulative: torch.Tensor,
@@ -186,9 +212,7 @@ def _redshift_resample_op(
     cumulative = cumulative.contiguous()
     sed_index = sed_index.to(torch.int64).contiguous()
     z = z.to(torch.float64).contiguous()
-    edges = wave_edges.to(torch.float64)
-    edge_position = (torch.log(edges) / dln).contiguous()
-    inv_bin_width = (1.0 / (edges[1:] - edges[:-1])).contiguous()
+    edge_position, inv_bin_width = _grid_tables(wave_edges, dln)
     out = torch.empty((batch, n_bins), dtype=torch.float32, device=cumulative.device)
     if out.numel() == 0:
         return out
