@@ -15,13 +15,17 @@ pixels, M = 512 bins), for B = 256 and B = 4096. Every provider gets the same in
     memory-floor    torch.empty(B, M).fill_(1.0): allocating and writing the float32 [B, M] output,
                     the floor any op producing that output pays
 
-Each provider is called once before timing (warm-up, and torch.compile's compilation); the outputs of
-native-nocheck, torch, torch.compile and spectres are then checked against native's. Each library is built
-once per (module, dlnλ) and dropped before the next one is built (the 1/6000 one holds 528 MB of float64).
-Torch's default thread count is kept; extra_info records it with the provider, B, dlnλ, device and
+The same inputs (and the same wave_edges tensor, as in a training loop) are passed to every call; the
+benchmark fails if zfast's native kernel is not importable, rather than timing its PyTorch fallback as
+"native". Each provider is called once before timing (warm-up, and torch.compile's compilation); the outputs
+of native-nocheck, torch, torch.compile and spectres are then checked against native's. Each library is
+built once per (module, dlnλ) and dropped before the next one is built (the 1/6000 one holds 528 MB of
+float64). Torch's default thread count is kept; extra_info records it with the provider, B, dlnλ, device and
 spectra_per_s (B / mean time). Benchmarks are grouped by (dlnλ, B) so the providers sit side by side.
 
-Not part of the default test run (pytest collects tests/ only). From the repository root:
+Not part of the default test run (pytest collects tests/ only). From the repository root, with zfast
+installed (run the ``pytest`` script, not ``python -m pytest``, which would import the uncompiled source
+tree):
 
     pytest benchmarks/bench_redshift_resample.py --benchmark-only --benchmark-json=results.json
     python benchmarks/report.py results.json
@@ -103,6 +107,13 @@ def compiled_reference():
 @pytest.fixture(scope="module")
 def library(request, device) -> zfast.SEDLibrary:
     """The library for dlnλ = request.param, on ``device`` (indirectly parametrized)."""
+    native = zfast.native_available()
+    if not native[device.type]:
+        pytest.fail(
+            f"zfast's native {device.type} kernel is not available (import error: {native['error']}), so "
+            f"'native' would time the PyTorch reference. Was zfast imported from the source tree instead of "
+            f"the installed package (python -m pytest puts the repository root first on sys.path)?"
+        )
     return build_library(request.param).to(device)
 
 

@@ -145,10 +145,8 @@ class SEDLibrary:
 
     def to(self, device) -> "SEDLibrary":
         """The library on ``device`` (cumulative included); ``self`` if it is already there."""
-        device = torch.device(device)
-        if device == self.device or (device.type == self.device.type and device.index is None and device.type == "cpu"):
-            return self
-        return self._from_cumulative(self.cumulative.to(device), self.ln_edge0, self.dln)
+        moved = self.cumulative.to(device)
+        return self if moved is self.cumulative else self._from_cumulative(moved, self.ln_edge0, self.dln)
 
     # --- the op -----------------------------------------------------------------------------------------
     def z_range(self, wave_edges) -> tuple[float, float]:
