@@ -165,6 +165,15 @@ def test_unchecked_call_never_reads_out_of_bounds(generator):
     torch.testing.assert_close(out, reference(library, sed_index, z, edges), equal_nan=True)
 
 
+def test_unchecked_nan_and_huge_z_stay_in_bounds(generator):
+    """With validation off, NaN/inf/huge z give garbage or fill but never a read outside the library."""
+    library = random_library(generator, n_seds=2)
+    z = torch.tensor([math.nan, math.inf, 1e300, -0.9999, 1.3], dtype=torch.float64)
+    out = library.redshift_resample(torch.tensor([0, 1, 0, 1, 0]), z, nisp_edges(), check=False)
+    assert out.shape == (5, 512)
+    assert_float32_close(out[4:], reference(library, torch.tensor([0]), z[4:], nisp_edges()))
+
+
 # --- op machinery ------------------------------------------------------------------------------------------
 def op_arguments(library, sed_index, z, edges, fill=None, check=True):
     return (library.cumulative, sed_index, z, edges, library.ln_edge0, library.dln, fill, check)

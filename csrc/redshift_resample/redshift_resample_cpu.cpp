@@ -21,11 +21,39 @@ namespace {
 // Below this many output values a batch is done on the calling thread (starting a thread costs ~20 us).
 constexpr int64_t kMinValuesPerThread = 1 << 15;
 
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define ZFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define ZFAST_CPU_CLONES
 #endif
+
+// Software prefetch of the stretch of the next row's cumulative that its bins will read. Rows are random
+// SEDs of a library much larger than the caches, and each row is only a few KB (two to three 4 KB pages),
+// too short for the hardware stream prefetcher to train on, so without this the loop waits on DRAM latency.
+// The prefetches are spread over the current row's edge loop (a few lines per chunk of edges) rather than
+// issued in one burst, and go to L2, whose miss queue is deeper than L1's. Measured (B = 4096, S = 10,000,
+// 2 threads, min of 60): no prefetch 3.8 ms at dlnλ = 1/2000 and 5.8 ms at 1/6000; into L1 2.0 and 5.7 ms;
+// into L2 2.0 and 3.1 ms. A cache-resident library (S = 16) takes 1.7 ms: compute-bound from there.
+struct RowStretch {
+  const double* begin = nullptr;  // first cache line to fetch
+  int64_t n_lines = 0;
+};
+
+constexpr int64_t kDoublesPerLine = 64 / sizeof(double);
+constexpr int64_t kEdgesPerChunk = 64;
+
+RowStretch stretch_of(const Params& p, double offset, int64_t s) {
+  RowStretch stretch;
+  if (s < 0 || s >= p.n_seds) return stretch;
+  const double first = p.edge_position[0] - offset;
+  const double last = p.edge_position[p.n_bins] - offset;
+  const int64_t begin = std::max<int64_t>(0, std::min<int64_t>(p.n_rest_pixels, static_cast<int64_t>(std::max(first, 0.0))));
+  const int64_t end = std::min<int64_t>(p.n_rest_pixels + 1, static_cast<int64_t>(std::max(last, 0.0)) + 2);
+  stretch.begin = p.cumulative + s * (p.n_rest_pixels + 1) + begin;
+  stretch.n_lines = std::max<int64_t>(0, (end - begin + kDoublesPerLine - 1) / kDoublesPerLine);
+  return stretch;
+}
 
 ZFAST_CPU_CLONES
 void resample_rows(const Params& p, int64_t row_begin, int64_t row_end) {
@@ -35,6 +63,7 @@ void resample_rows(const Params& p, int64_t row_begin, int64_t row_end) {
   const int64_t n_edges = n_bins + 1;
   const int64_t n_rest_pixels = p.n_rest_pixels;
   const double n_rest = static_cast<double>(n_rest_pixels);
+  const int32_t last_pixel = static_cast<int32_t>(n_rest_pixels - 1);
   const double dln = p.dln;
   const double inv_expm1_dln = p.inv_expm1_dln;
   const float fill = p.fill;
@@ -42,6 +71,11 @@ void resample_rows(const Params& p, int64_t row_begin, int64_t row_end) {
   const double* __restrict__ inv_bin_width = p.inv_bin_width;
   std::vector<double> edge_cumulative(static_cast<size_t>(n_edges));
   double* __restrict__ cum = edge_cumulative.data();
+  std::vector<double> offsets(static_cast<size_t>(row_end - row_begin));
+  for (int64_t b = row_begin; b < row_end; ++b) {
+    offsets[b - row_begin] = row_offset(std::log1p(p.z[b]), p.ln_edge0, dln);
+  }
+  const int64_t n_chunks = (n_edges + kEdgesPerChunk - 1) / kEdgesPerChunk;
 
   for (int64_t b = row_begin; b < row_end; ++b) {
     float* __restrict__ out = p.out + b * n_bins;
@@ -50,16 +84,25 @@ void resample_rows(const Params& p, int64_t row_begin, int64_t row_end) {
       std::fill(out, out + n_bins, fill);
       continue;
     }
+    const RowStretch next =
+        b + 1 < row_end ? stretch_of(p, offsets[b + 1 - row_begin], p.sed_index[b + 1]) : RowStretch{};
+    const int64_t lines_per_chunk = (next.n_lines + n_chunks - 1) / n_chunks;
     const double* __restrict__ row = p.cumulative + s * (n_rest_pixels + 1);
-    const double offset = row_offset(std::log1p(p.z[b]), p.ln_edge0, dln);
+    const double offset = offsets[b - row_begin];
     int64_t n_below = 0;
     int64_t n_above = 0;
+    for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+      for (int64_t line = chunk * lines_per_chunk; line < std::min(next.n_lines, (chunk + 1) * lines_per_chunk); ++line) {
+        __builtin_prefetch(next.begin + line * kDoublesPerLine, 0, 1);  // into L2 (prefetcht2)
+      }
+      const int64_t j_end = std::min(n_edges, (chunk + 1) * kEdgesPerChunk);
 #pragma omp simd reduction(+ : n_below, n_above)
-    for (int64_t j = 0; j < n_edges; ++j) {
-      const double t = edge_position[j] - offset;
-      n_below += edge_below(t);
-      n_above += edge_above(t, n_rest);
-      cum[j] = cumulative_at(row, t, n_rest_pixels, dln, inv_expm1_dln);
+      for (int64_t j = chunk * kEdgesPerChunk; j < j_end; ++j) {
+        const double t = edge_position[j] - offset;
+        n_below += edge_below(t);
+        n_above += edge_above(t, n_rest);
+        cum[j] = cumulative_at(row, t, last_pixel, dln, inv_expm1_dln);
+      }
     }
 #pragma omp simd
     for (int64_t j = 0; j < n_bins; ++j) {

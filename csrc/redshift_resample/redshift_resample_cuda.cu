@@ -22,6 +22,7 @@ namespace {
 __global__ void redshift_resample_kernel(const Params p) {
   const int64_t total = p.batch * p.n_bins;
   const double n_rest = static_cast<double>(p.n_rest_pixels);
+  const int32_t last_pixel = static_cast<int32_t>(p.n_rest_pixels - 1);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = i / p.n_bins;
@@ -36,8 +37,8 @@ __global__ void redshift_resample_kernel(const Params p) {
     const double t_lo = p.edge_position[j] - offset;
     const double t_hi = p.edge_position[j + 1] - offset;
     const bool covered = !edge_below(t_lo) && !edge_above(t_hi, n_rest);
-    const double c_lo = cumulative_at(row, t_lo, p.n_rest_pixels, p.dln, p.inv_expm1_dln);
-    const double c_hi = cumulative_at(row, t_hi, p.n_rest_pixels, p.dln, p.inv_expm1_dln);
+    const double c_lo = cumulative_at(row, t_lo, last_pixel, p.dln, p.inv_expm1_dln);
+    const double c_hi = cumulative_at(row, t_hi, last_pixel, p.dln, p.inv_expm1_dln);
     p.out[i] = covered ? bin_mean(c_lo, c_hi, p.inv_bin_width[j]) : p.fill;
   }
 }
