@@ -81,6 +81,16 @@ PYBIND11_MODULE(_C, m) {
       py::arg("ln_edge0"), py::arg("dln"), py::arg("inv_expm1_dln"), py::arg("fill"), py::arg("out"),
       py::arg("n_threads"), py::call_guard<py::gil_scoped_release>());
 
+  m.def(
+      "redshift_resample_input_stats_cpu",
+      [](std::uintptr_t z, std::uintptr_t sed_index, int64_t batch) {
+        const auto stats = zfast::redshift_resample::input_stats_cpu(reinterpret_cast<const double*>(z),
+                                                                       reinterpret_cast<const int64_t*>(sed_index), batch);
+        return py::make_tuple(stats.n_nonfinite, stats.z_min, stats.z_max, stats.index_min, stats.index_max);
+      },
+      py::arg("z"), py::arg("sed_index"), py::arg("batch"),  // builds a tuple: keeps the GIL
+      "(non-finite count, min and max of the finite z, min and max of sed_index) of float64 z and int64 sed_index.");
+
 #if defined(ZFAST_WITH_CUDA)
   m.def(
       "redshift_resample_cuda",

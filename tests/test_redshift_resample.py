@@ -174,6 +174,22 @@ def test_unchecked_nan_and_huge_z_stay_in_bounds(generator):
     assert_float32_close(out[4:], reference(library, torch.tensor([0]), z[4:], nisp_edges()))
 
 
+def test_native_input_stats_match_the_torch_path(generator, monkeypatch):
+    from zfast.ops import redshift_resample as module
+
+    z = torch.rand(1001, dtype=torch.float64, generator=generator) * 3 - 0.5
+    z[torch.randint(0, 1001, (7,), generator=generator)] = math.nan
+    z[3] = math.inf
+    z[5] = -math.inf
+    sed_index = torch.randint(-5, 100, (1001,), generator=generator)
+    native = module._value_stats(z, sed_index)
+    monkeypatch.setattr(module._native, "native_backend", lambda device: None)
+    assert module._value_stats(z, sed_index) == native
+    finite = z[torch.isfinite(z)]
+    assert native == (int((~torch.isfinite(z)).sum()), finite.min().item(), finite.max().item(),
+                      int(sed_index.min()), int(sed_index.max()))  # fmt: skip
+
+
 # --- op machinery ------------------------------------------------------------------------------------------
 def op_arguments(library, sed_index, z, edges, fill=None, check=True):
     return (library.cumulative, sed_index, z, edges, library.ln_edge0, library.dln, fill, check)

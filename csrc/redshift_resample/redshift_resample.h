@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #if defined(__CUDACC__)
 #define ZFAST_HD __host__ __device__ __forceinline__
@@ -99,6 +100,16 @@ namespace zfast {
 namespace redshift_resample {
 // Launchers (redshift_resample_cpu.cpp, redshift_resample_cuda.cu). Pointers were validated in Python.
 void launch_cpu(const Params& params, int n_threads);
+
+// One pass over the inputs for Python's validation on the CPU (a dozen small torch ops cost ~0.2 ms).
+struct InputStats {
+  int64_t n_nonfinite = 0;
+  double z_min = std::numeric_limits<double>::infinity();  // until a finite z is seen
+  double z_max = -std::numeric_limits<double>::infinity();
+  int64_t index_min = std::numeric_limits<int64_t>::max();
+  int64_t index_max = std::numeric_limits<int64_t>::min();
+};
+InputStats input_stats_cpu(const double* z, const int64_t* sed_index, int64_t batch);
 void launch_cuda(const Params& params, int device, std::uintptr_t stream);
 }  // namespace redshift_resample
 }  // namespace zfast

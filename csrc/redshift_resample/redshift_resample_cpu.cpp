@@ -9,6 +9,7 @@
 // so the wheel stays portable; the AVX2/AVX-512 clones vectorise the gathers (vgatherdpd).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -134,6 +135,24 @@ void launch_cpu(const Params& p, int n_threads) {
   }
   resample_rows(p, 0, std::min(p.batch, chunk));
   for (auto& w : workers) w.join();
+}
+
+InputStats input_stats_cpu(const double* z, const int64_t* sed_index, int64_t batch) {
+  // This file is compiled with -ffast-math, under which isfinite() may fold to true: test the exponent bits.
+  InputStats stats;
+  for (int64_t b = 0; b < batch; ++b) {
+    uint64_t bits;
+    std::memcpy(&bits, z + b, sizeof bits);
+    if (((bits >> 52) & 0x7ff) == 0x7ff) {
+      ++stats.n_nonfinite;
+    } else {
+      stats.z_min = std::min(stats.z_min, z[b]);
+      stats.z_max = std::max(stats.z_max, z[b]);
+    }
+    stats.index_min = std::min(stats.index_min, sed_index[b]);
+    stats.index_max = std::max(stats.index_max, sed_index[b]);
+  }
+  return stats;
 }
 
 }  // namespace redshift_resample

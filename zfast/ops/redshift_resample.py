@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -71,70 +71,117 @@ def redshift_resample_reference(
 
 
 def coverage_z_range(n_rest: int, wave_edges: torch.Tensor, ln_edge0: float, dln: float) -> tuple[float, float]:
-    """(z_min, z_max) for which every bin of ``wave_edges`` lies on the rest grid of ``n_rest`` pixels.
-
-    The criterion is the kernels' (t_0 >= -tol, t_M <= N + tol) with half their tolerance, so a call that
-    passes validation never fills a bin.
-    """
+    """(z_min, z_max) for which every bin of ``wave_edges`` lies on the rest grid of ``n_rest`` pixels."""
     ln_first, ln_last = torch.log(wave_edges[[0, -1]].to(torch.float64)).tolist()
+    return _coverage(n_rest, ln_first, ln_last, ln_edge0, dln)
+
+
+def _coverage(n_rest: int, ln_first: float, ln_last: float, ln_edge0: float, dln: float) -> tuple[float, float]:
+    # The kernels' criterion (t_0 >= -tol, t_M <= N + tol) with half their tolerance, so a call that passes
+    # validation never fills a bin.
     slack = 0.5 * COVERAGE_TOLERANCE * dln
-    z_min = math.expm1(ln_last - (ln_edge0 + n_rest * dln) - slack)
-    z_max = math.expm1(ln_first - ln_edge0 + slack)
-    return z_min, z_max
+    return math.expm1(ln_last - (ln_edge0 + n_rest * dln) - slack), math.expm1(ln_first - ln_edge0 + slack)
 
 
-def _validate_values(cumulative, sed_index, z, wave_edges, ln_edge0, dln, need_coverage: bool) -> None:
-    """Data-dependent checks (one host sync for all of them). Raises ValueError naming the culprit."""
-    n_seds, n_rest = cumulative.shape[0], cumulative.shape[1] - 1
-    if z.numel() == 0:
-        return
-    z64 = z.to(torch.float64)
-    finite = torch.isfinite(z64)
-    edges_ok = torch.isfinite(wave_edges).all() & (wave_edges[1:] > wave_edges[:-1]).all() & (wave_edges[0] > 0)
-    stats = torch.stack(
+class _Grid(NamedTuple):
+    """What the kernels need of an observed grid, computed once per grid (see ``_grid``)."""
+
+    wave_edges: torch.Tensor  # held so that its memory cannot be reused by another tensor while cached
+    edge_position: torch.Tensor  # [M+1] float64, ln(a_j)/dln
+    inv_bin_width: torch.Tensor  # [M] float64, 1/(a_{j+1} - a_j)
+    ln_first: float  # ln a_0, on the host
+    ln_last: float  # ln a_M
+    validated: bool  # finite, positive, strictly increasing (checked)
+
+
+_GRID_CACHE: "collections.OrderedDict[tuple, _Grid]" = collections.OrderedDict()
+_GRID_CACHE_SIZE = 8
+
+
+def _grid(wave_edges: torch.Tensor, dln: float, check: bool) -> _Grid:
+    """The kernels' tables for ``wave_edges``, cached per grid and validated once when ``check``.
+
+    A training loop calls the op with the same grid every step: the cache saves a few small launches and the
+    grid's validation (a host sync on a GPU) on every call after the first. The key is the tensor's identity
+    and version counter, so an in-place change makes a new entry.
+    """
+    key = (id(wave_edges), wave_edges._version, dln)
+    grid = _GRID_CACHE.get(key)
+    if grid is None or grid.wave_edges is not wave_edges:
+        edges = wave_edges.to(torch.float64)
+        if check:
+            check_increasing(edges, "wave_edges", positive=True)
+        ln_edges = torch.log(edges)
+        ln_first, ln_last = ln_edges[[0, -1]].tolist()
+        grid = _Grid(
+            wave_edges, (ln_edges / dln).contiguous(), (1.0 / (edges[1:] - edges[:-1])).contiguous(),
+            ln_first, ln_last, check,
+        )  # fmt: skip
+        _GRID_CACHE[key] = grid
+        while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
+            _GRID_CACHE.popitem(last=False)
+    elif check and not grid.validated:
+        check_increasing(wave_edges.to(torch.float64), "wave_edges", positive=True)
+        grid = _GRID_CACHE[key] = grid._replace(validated=True)
+    _GRID_CACHE.move_to_end(key)
+    return grid
+
+
+def _value_stats(z: torch.Tensor, sed_index: torch.Tensor) -> tuple[int, float, float, int, int]:
+    """(number of non-finite z, min and max of the finite z, min and max of sed_index): one native pass on
+    the CPU, one host sync elsewhere. z is float64 and sed_index int64, both contiguous."""
+    if z.device.type == "cpu" and _native.native_backend(z.device) == "cpu":
+        return tuple(_native._C.redshift_resample_input_stats_cpu(z.data_ptr(), sed_index.data_ptr(), z.numel()))
+    finite = torch.isfinite(z)
+    n_nonfinite, z_lo, z_hi, index_lo, index_hi = torch.stack(
         [
             (~finite).sum().double(),
-            torch.where(finite, z64, math.inf).min(),
-            torch.where(finite, z64, -math.inf).max(),
+            torch.where(finite, z, math.inf).min(),
+            torch.where(finite, z, -math.inf).max(),
             sed_index.min().double(),
             sed_index.max().double(),
-            edges_ok.double(),
         ]
-    ).tolist()  # the one host sync of the checks
-    n_nonfinite, z_lo, z_hi, index_lo, index_hi, grid_ok = stats
-    if not grid_ok:
-        check_increasing(wave_edges.to(torch.float64), "wave_edges", positive=True)
+    ).tolist()
+    return int(n_nonfinite), z_lo, z_hi, int(index_lo), int(index_hi)
+
+
+def _validate_values(n_seds, n_rest, sed_index, z, grid: _Grid, ln_edge0, dln, need_coverage: bool) -> None:
+    """Data-dependent checks of z (float64) and sed_index (int64). Raises ValueError naming the culprit."""
+    if z.numel() == 0:
+        return
+    n_nonfinite, z_lo, z_hi, index_lo, index_hi = _value_stats(z, sed_index)
     if n_nonfinite:
-        b = int(torch.nonzero(~finite).flatten()[0])
-        raise ValueError(f"z has {int(n_nonfinite)} non-finite values; z[{b}] = {z[b].item()}")
+        b = int(torch.nonzero(~torch.isfinite(z)).flatten()[0])
+        raise ValueError(f"z has {n_nonfinite} non-finite values; z[{b}] = {z[b].item()}")
     if z_lo < 0:
-        b = int(torch.argmin(z64))
+        b = int(torch.argmin(z))
         raise ValueError(f"z must be >= 0 (rest-frame SEDs are only redshifted); got z[{b}] = {z_lo:.6g}")
     if index_lo < 0 or index_hi >= n_seds:
-        bad = (sed_index < 0) | (sed_index >= n_seds)
-        b = int(torch.nonzero(bad).flatten()[0])
+        b = int(torch.nonzero((sed_index < 0) | (sed_index >= n_seds)).flatten()[0])
         raise ValueError(
             f"sed_index must lie in [0, {n_seds}) for a library of {n_seds} SEDs; got sed_index[{b}] = {int(sed_index[b])}"
         )
-    if need_coverage:
-        z_min, z_max = coverage_z_range(n_rest, wave_edges, ln_edge0, dln)
-        if z_lo < z_min or z_hi > z_max:
-            outside = (z64 < z_min) | (z64 > z_max)
-            b = int(torch.nonzero(outside).flatten()[0])
-            lo_rest, hi_rest = math.exp(ln_edge0), math.exp(ln_edge0 + n_rest * dln)
-            first, last = wave_edges[[0, -1]].tolist()
-            if z_min > z_max:
-                raise ValueError(
-                    f"no redshift can be served on this grid: the observed bins span {first:.1f}-{last:.1f} Å "
-                    f"(a factor {last / first:.4g}) but the library's rest grid covers only {lo_rest:.1f}-{hi_rest:.1f} Å "
-                    f"(a factor {hi_rest / lo_rest:.4g}); use a wider library or pass fill=<value>"
-                )
-            raise ValueError(
-                f"z[{b}] = {z[b].item():.6g} is outside the redshifts this library can serve on this grid: "
-                f"the rest grid covers {lo_rest:.1f}-{hi_rest:.1f} Å and the observed bins {first:.1f}-{last:.1f} Å, "
-                f"so {max(z_min, 0.0):.6g} <= z <= {z_max:.6g} ({int(outside.sum())} of {z.numel()} spectra are "
-                f"outside); pass fill=<value> to fill uncovered bins instead"
-            )
+    if not need_coverage:
+        return
+    z_min, z_max = _coverage(n_rest, grid.ln_first, grid.ln_last, ln_edge0, dln)
+    if z_lo >= z_min and z_hi <= z_max:
+        return
+    lo_rest, hi_rest = math.exp(ln_edge0), math.exp(ln_edge0 + n_rest * dln)
+    first, last = math.exp(grid.ln_first), math.exp(grid.ln_last)
+    if z_min > z_max:
+        raise ValueError(
+            f"no redshift can be served on this grid: the observed bins span {first:.1f}-{last:.1f} Å "
+            f"(a factor {last / first:.4g}) but the library's rest grid covers only {lo_rest:.1f}-{hi_rest:.1f} Å "
+            f"(a factor {hi_rest / lo_rest:.4g}); use a wider library or pass fill=<value>"
+        )
+    outside = (z < z_min) | (z > z_max)
+    b = int(torch.nonzero(outside).flatten()[0])
+    raise ValueError(
+        f"z[{b}] = {z[b].item():.6g} is outside the redshifts this library can serve on this grid: "
+        f"the rest grid covers {lo_rest:.1f}-{hi_rest:.1f} Å and the observed bins {first:.1f}-{last:.1f} Å, "
+        f"so {max(z_min, 0.0):.6g} <= z <= {z_max:.6g} ({int(outside.sum())} of {z.numel()} spectra are "
+        f"outside); pass fill=<value> to fill uncovered bins instead"
+    )
 
 
 def _check_shapes(cumulative, sed_index, z, wave_edges) -> None:
@@ -163,31 +210,6 @@ def _check_shapes(cumulative, sed_index, z, wave_edges) -> None:
             )
 
 
-_GRID_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
-_GRID_CACHE_SIZE = 8
-
-
-def _grid_tables(wave_edges: torch.Tensor, dln: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """ln(a_j)/dln [M+1] and 1/(a_{j+1} - a_j) [M] in float64, cached per observed grid.
-
-    A training loop calls the op with the same grid every step; caching saves a handful of small launches
-    per call. The key holds the tensor itself (so its memory cannot be reused by another tensor while
-    cached) and its version counter (so an in-place change invalidates the entry).
-    """
-    key = (id(wave_edges), wave_edges._version, dln)
-    hit = _GRID_CACHE.get(key)
-    if hit is not None and hit[0] is wave_edges:
-        _GRID_CACHE.move_to_end(key)
-        return hit[1], hit[2]
-    edges = wave_edges.to(torch.float64)
-    edge_position = (torch.log(edges) / dln).contiguous()
-    inv_bin_width = (1.0 / (edges[1:] - edges[:-1])).contiguous()
-    _GRID_CACHE[key] = (wave_edges, edge_position, inv_bin_width)
-    while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
-        _GRID_CACHE.popitem(last=False)
-    return edge_position, inv_bin_width
-
-
 @torch.library.custom_op("zfast::redshift_resample", mutates_args=())
 def _redshift_resample_op(
     cumulative: torch.Tensor,
@@ -200,19 +222,20 @@ def _redshift_resample_op(
     check: bool,
 ) -> torch.Tensor:
     _check_shapes(cumulative, sed_index, z, wave_edges)
+    n_seds, n_rest = cumulative.shape[0], cumulative.shape[1] - 1
+    batch, n_bins = z.shape[0], wave_edges.shape[0] - 1
+    sed_index = sed_index.to(torch.int64).contiguous()
+    z = z.to(torch.float64).contiguous()
+    grid = _grid(wave_edges, dln, check)
     if check:
-        _validate_values(cumulative, sed_index, z, wave_edges, ln_edge0, dln, need_coverage=fill is None)
+        _validate_values(n_seds, n_rest, sed_index, z, grid, ln_edge0, dln, need_coverage=fill is None)
     fill_value = math.nan if fill is None else float(fill)
     backend = _native.native_backend(cumulative.device)
     if backend is None:
         return redshift_resample_reference(cumulative, sed_index, z, wave_edges, ln_edge0, dln, fill_value)
 
-    n_seds, n_rest = cumulative.shape[0], cumulative.shape[1] - 1
-    batch, n_bins = z.shape[0], wave_edges.shape[0] - 1
     cumulative = cumulative.contiguous()
-    sed_index = sed_index.to(torch.int64).contiguous()
-    z = z.to(torch.float64).contiguous()
-    edge_position, inv_bin_width = _grid_tables(wave_edges, dln)
+    edge_position, inv_bin_width = grid.edge_position, grid.inv_bin_width
     out = torch.empty((batch, n_bins), dtype=torch.float32, device=cumulative.device)
     if out.numel() == 0:
         return out
