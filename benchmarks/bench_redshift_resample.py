@@ -13,7 +13,11 @@ pixels, M = 512 bins), for B = 256 and B = 4096. Every provider gets the same in
     numpy.interp    numpy.interp at the bin centres, one call per spectrum, not flux-conserving
                     (B = 256 only, CPU only)
     memory-floor    torch.empty(B, M).fill_(1.0): allocating and writing the float32 [B, M] output,
-                    the floor any op producing that output pays
+                    the floor any op producing that output pays. The allocator hands back the block
+                    just freed, so this is a cache-speed floor (the native op's output gets the same)
+    memory-floor-dram
+                    fill_(1.0) of the next of a ring of [B, M] outputs spanning 128 MB (4x this box's
+                    L3), so every write goes to DRAM: the floor for output that does not stay in cache
 
 The same inputs (and the same wave_edges tensor, as in a training loop) are passed to every call; the
 benchmark fails if zfast's native kernel is not importable, rather than timing its PyTorch fallback as
@@ -35,6 +39,7 @@ torch.cuda.synchronize(), and spectres / numpy.interp are skipped.
 """
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -53,7 +58,11 @@ SEED = 0
 
 DLN_CASES = (1 / 2000, 1 / 6000)
 BATCH_SIZES = (256, 4096)
-PROVIDERS = ("native", "native-nocheck", "torch", "torch.compile", "spectres", "numpy.interp", "memory-floor")
+PROVIDERS = (
+    "native", "native-nocheck", "torch", "torch.compile", "spectres", "numpy.interp", "memory-floor",
+    "memory-floor-dram",
+)  # fmt: skip
+DRAM_RING_BYTES = 128 * 2**20
 PER_SPECTRUM_LOOPS = ("spectres", "numpy.interp")
 PER_SPECTRUM_LOOP_BATCH = 256
 # spectres does ~200 spectra/s, so B = 256 takes over a second: a few rounds are enough.
@@ -137,6 +146,12 @@ def make_provider(provider, library, sed_index, z, edges, request):
     if provider == "memory-floor":
         shape = (z.shape[0], edges.shape[0] - 1)
         return lambda: torch.empty(shape, device=edges.device).fill_(1.0)
+    if provider == "memory-floor-dram":
+        shape = (z.shape[0], edges.shape[0] - 1)
+        ring = itertools.cycle(
+            [torch.empty(shape, device=edges.device) for _ in range(-(-DRAM_RING_BYTES // (4 * math.prod(shape))))]
+        )
+        return lambda: next(ring).fill_(1.0)
 
     rest_centres, rest_flux = request.getfixturevalue("rest_frame_arrays")
     obs_centres = (0.5 * (edges[1:] + edges[:-1])).cpu().numpy()

@@ -25,6 +25,7 @@ SPEED_RATIOS = (
     ("native", "spectres"),
     ("native-nocheck", "native"),
     ("memory-floor", "native"),
+    ("memory-floor-dram", "native"),
 )
 FINE_DLN, COARSE_DLN = "1/6000", "1/2000"
 

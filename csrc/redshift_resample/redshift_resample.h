@@ -69,20 +69,19 @@ ZFAST_HD double row_offset(double log1p_z, double ln_edge0, double dln) {
 ZFAST_HD bool edge_below(double t) { return t < -kCoverageTolerance; }
 ZFAST_HD bool edge_above(double t, double n_rest_pixels) { return t > n_rest_pixels + kCoverageTolerance; }
 
-// C_s at rest position t (in pixels from e_0). Any t reads in bounds: the pixel index is clamped in integers
-// (a NaN or huge t, possible only with validation off, truncates to INT_MIN on x86 and saturates on CUDA)
-// and the in-pixel position to [0, dln], so t < 0 gives C_s[0] and t > N gives C_s[N]. Written with plain
-// compare-selects so that GCC turns them into vector min/max.
+// C_s at rest position t (in pixels from e_0). Any t reads in bounds: t is clamped into [0, N], so t < 0
+// gives C_s[0] and t > N gives C_s[N], and the pixel index is clamped again in integers because a NaN t
+// (possible only with validation off) survives the compare-selects and truncates to INT_MIN on x86 (0 on
+// CUDA). Written as plain compare-selects so that GCC turns them into vector min/max.
 ZFAST_HD double cumulative_at(const double* cumulative_row, double t, int32_t last_pixel, double dln,
                               double inv_expm1_dln) {
-  t = t < -1.0 ? -1.0 : t;
-  t = t > 2147483520.0 ? 2147483520.0 : t;  // keep the truncation below inside int32
-  int32_t k = static_cast<int32_t>(t);      // truncation: floor for t >= 0
+  const double n_rest_pixels = static_cast<double>(last_pixel) + 1.0;
+  t = t < 0.0 ? 0.0 : t;
+  t = t > n_rest_pixels ? n_rest_pixels : t;
+  int32_t k = static_cast<int32_t>(t);  // truncation: floor, as t >= 0
   k = k < 0 ? 0 : k;
   k = k > last_pixel ? last_pixel : k;
-  double x = (t - static_cast<double>(k)) * dln;
-  x = x < 0.0 ? 0.0 : x;
-  x = x > dln ? dln : x;
+  const double x = (t - static_cast<double>(k)) * dln;  // in [0, dln]
   const double expm1_x = x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0)))));
   const double c0 = cumulative_row[k];
   const double c1 = cumulative_row[k + 1];
