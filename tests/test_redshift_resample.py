@@ -127,6 +127,19 @@ def test_native_cpu_kernel_matches_reference_and_writes_every_element(generator,
     assert_float32_close(out, reference(library, sed_index, z, edges))
 
 
+@pytest.mark.parametrize("dln", [1 / 500, 1 / 499, 0.01, 0.0499])
+def test_coarse_libraries_match_reference(generator, dln):
+    """dlnλ above 1/500 switches the kernels' expm1 polynomial from degree 3 to 5; both sides of the switch
+    and the library's cap agree with the reference, which calls expm1 itself."""
+    library = random_library(generator, n_seds=5, lo=2000.0, hi=20000.0, dln=dln)
+    edges = random_edges(generator, 12060.0, 18920.0, 97)
+    z = 0.2 + 0.6 * torch.rand(50, dtype=torch.float64, generator=generator)
+    sed_index = torch.randint(0, 5, (50,), generator=generator)
+    out = run_cpu_kernel(library, sed_index, z, edges)
+    assert not (out == SENTINEL).any()
+    assert_float32_close(out, reference(library, sed_index, z, edges))
+
+
 def test_z_at_the_coverage_limits_is_served_exactly(generator):
     library = random_library(generator, n_seds=3)
     edges = nisp_edges()

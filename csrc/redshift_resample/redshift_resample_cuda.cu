@@ -21,6 +21,7 @@ namespace zfast {
 namespace redshift_resample {
 namespace {
 
+template <int Degree>
 __global__ void redshift_resample_kernel(const Params p) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= p.n_bins) return;
@@ -41,8 +42,8 @@ __global__ void redshift_resample_kernel(const Params p) {
     const double t_lo = position_lo - offset;
     const double t_hi = position_hi - offset;
     const bool covered = !edge_below(t_lo) && !edge_above(t_hi, n_rest);
-    const double c_lo = cumulative_at(row, t_lo, last_pixel, p.dln, p.inv_expm1_dln);
-    const double c_hi = cumulative_at(row, t_hi, last_pixel, p.dln, p.inv_expm1_dln);
+    const double c_lo = cumulative_at<Degree>(row, t_lo, last_pixel, p.dln, p.inv_expm1_dln);
+    const double c_hi = cumulative_at<Degree>(row, t_hi, last_pixel, p.dln, p.inv_expm1_dln);
     *out = covered ? bin_mean(c_lo, c_hi, inv_bin_width) : p.fill;
   }
 }
@@ -62,7 +63,12 @@ void launch_cuda(const Params& p, int device, std::uintptr_t stream) {
   constexpr int kThreads = 256;
   const dim3 blocks(static_cast<unsigned>((p.n_bins + kThreads - 1) / kThreads),
                     static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
-  redshift_resample_kernel<<<blocks, kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(p);
+  const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+  if (p.dln <= kCubicMaxDln) {
+    redshift_resample_kernel<3><<<blocks, kThreads, 0, cuda_stream>>>(p);
+  } else {
+    redshift_resample_kernel<5><<<blocks, kThreads, 0, cuda_stream>>>(p);
+  }
   check(cudaGetLastError(), "kernel launch");
 }
 
