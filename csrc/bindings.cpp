@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "jsd_entropy/jsd_entropy.h"
 #include "redshift_resample/redshift_resample.h"
 
 #if defined(ZFAST_WITH_CUDA)
@@ -36,6 +37,25 @@ zfast::redshift_resample::Params make_redshift_resample_params(
   p.inv_expm1_dln = inv_expm1_dln;
   p.fill = fill;
   p.out = reinterpret_cast<float*>(out);
+  return p;
+}
+
+template <typename T>
+zfast::jsd_entropy::Params<T> make_jsd_entropy_params(std::uintptr_t logits, std::uintptr_t target, int64_t batch,
+                                                      int64_t n_classes, double lambda_js, double lambda_ent,
+                                                      double grad_scale, std::uintptr_t loss, std::uintptr_t grad,
+                                                      std::uintptr_t stats) {
+  zfast::jsd_entropy::Params<T> p;
+  p.logits = reinterpret_cast<const T*>(logits);
+  p.target = reinterpret_cast<const T*>(target);
+  p.batch = batch;
+  p.n_classes = n_classes;
+  p.lambda_js = static_cast<T>(lambda_js);
+  p.lambda_ent = static_cast<T>(lambda_ent);
+  p.grad_scale = static_cast<T>(grad_scale);
+  p.loss = reinterpret_cast<T*>(loss);
+  p.grad = reinterpret_cast<T*>(grad);
+  p.stats = reinterpret_cast<T*>(stats);  // 0: no statistics
   return p;
 }
 
@@ -91,6 +111,37 @@ PYBIND11_MODULE(_C, m) {
       py::arg("z"), py::arg("sed_index"), py::arg("batch"),  // builds a tuple: keeps the GIL
       "(non-finite count, min and max of the finite z, min and max of sed_index) of float64 z and int64 sed_index.");
 
+  m.def(
+      "jsd_entropy_cpu",
+      [](std::uintptr_t logits, std::uintptr_t target, int64_t batch, int64_t n_classes, double lambda_js,
+         double lambda_ent, double grad_scale, std::uintptr_t loss, std::uintptr_t grad, std::uintptr_t stats,
+         bool float64, int n_threads) {
+        if (float64) {
+          zfast::jsd_entropy::launch_cpu(make_jsd_entropy_params<double>(logits, target, batch, n_classes, lambda_js,
+                                                                         lambda_ent, grad_scale, loss, grad, stats),
+                                         n_threads);
+        } else {
+          zfast::jsd_entropy::launch_cpu(make_jsd_entropy_params<float>(logits, target, batch, n_classes, lambda_js,
+                                                                        lambda_ent, grad_scale, loss, grad, stats),
+                                         n_threads);
+        }
+      },
+      py::arg("logits"), py::arg("target"), py::arg("batch"), py::arg("n_classes"), py::arg("lambda_js"),
+      py::arg("lambda_ent"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"), py::arg("stats"),
+      py::arg("float64"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+      "Per-row JS + entropy loss [B] and grad_scale times its gradient [B, C] (float32 or float64 throughout);\n"
+      "stats [B, 3] or 0.");
+
+  m.def(
+      "jsd_entropy_stats_summary_cpu",
+      [](std::uintptr_t stats, int64_t batch, bool float64) {
+        const zfast::jsd_entropy::StatsSummary summary =
+            float64 ? zfast::jsd_entropy::summarize_stats_cpu(reinterpret_cast<const double*>(stats), batch)
+                    : zfast::jsd_entropy::summarize_stats_cpu(reinterpret_cast<const float*>(stats), batch);
+        return py::make_tuple(summary.nonfinite_code, summary.target_min, summary.max_sum_error);
+      },
+      py::arg("stats"), py::arg("batch"), py::arg("float64"),  // builds a tuple: keeps the GIL
+      "(OR of the rows' non-finite codes, smallest target value, largest |row sum - 1|) of the stats [B, 3].");
 #if defined(ZFAST_WITH_CUDA)
   m.def(
       "redshift_resample_cuda",
@@ -107,5 +158,24 @@ PYBIND11_MODULE(_C, m) {
       py::arg("batch"), py::arg("edge_position"), py::arg("inv_bin_width"), py::arg("n_bins"),
       py::arg("ln_edge0"), py::arg("dln"), py::arg("inv_expm1_dln"), py::arg("fill"), py::arg("out"),
       py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+
+  m.def(
+      "jsd_entropy_cuda",
+      [](std::uintptr_t logits, std::uintptr_t target, int64_t batch, int64_t n_classes, double lambda_js,
+         double lambda_ent, double grad_scale, std::uintptr_t loss, std::uintptr_t grad, std::uintptr_t stats,
+         bool float64, int device, std::uintptr_t stream) {
+        if (float64) {
+          zfast::jsd_entropy::launch_cuda(make_jsd_entropy_params<double>(logits, target, batch, n_classes, lambda_js,
+                                                                          lambda_ent, grad_scale, loss, grad, stats),
+                                          device, stream);
+        } else {
+          zfast::jsd_entropy::launch_cuda(make_jsd_entropy_params<float>(logits, target, batch, n_classes, lambda_js,
+                                                                         lambda_ent, grad_scale, loss, grad, stats),
+                                          device, stream);
+        }
+      },
+      py::arg("logits"), py::arg("target"), py::arg("batch"), py::arg("n_classes"), py::arg("lambda_js"),
+      py::arg("lambda_ent"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"), py::arg("stats"),
+      py::arg("float64"), py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
 #endif
 }

@@ -13,3 +13,7 @@ def test_readme_python_example_runs():
     exec(compile(blocks[0], str(README), "exec"), namespace)  # our own README, not user input
     assert tuple(namespace["spectra"].shape) == (256, 512)
     assert not namespace["observed"].isnan().any()
+    assert namespace["logits"].grad is not None
+    z = namespace["z"].double()
+    inside = (z > 1.005) & (z < 1.795)  # soft labels within 5 σ of the range's ends are truncated there
+    assert (namespace["summary"].z_mode - z)[inside].abs().max() < 1e-4
