@@ -52,3 +52,13 @@ def native_backend(device: torch.device) -> str | None:
 def cuda_stream_handle(device: torch.device) -> int:
     """torch's current stream on ``device`` as an integer, for our (separate, static) CUDA runtime."""
     return int(torch.cuda.current_stream(device).cuda_stream)
+
+
+def launch(kernel: str, device: torch.device, *args) -> None:
+    """Run the native kernel ``kernel`` on ``device``: ``_C.<kernel>_cpu(*args, threads)`` with torch's thread
+    count, or ``_C.<kernel>_cuda(*args, device index, stream)`` on torch's current stream. The caller has
+    checked ``native_backend(device)`` and validated every pointer in ``args``."""
+    if device.type == "cpu":
+        getattr(_C, f"{kernel}_cpu")(*args, torch.get_num_threads())
+    else:
+        getattr(_C, f"{kernel}_cuda")(*args, device.index, cuda_stream_handle(device))

@@ -16,9 +16,9 @@
 // on this machine's AMD EPYC). The next row's inputs are prefetched during pass 3. The batch is split over
 // std::threads when there is enough work (no OpenMP: see STYLE.md, FACTS.md).
 #include <algorithm>
-#include <thread>
 #include <vector>
 
+#include "common/parallel_rows.h"
 #include "jsd_entropy.h"
 
 namespace zfast {
@@ -224,23 +224,9 @@ void rows_double(const Params<double>& p, int64_t row_begin, int64_t row_end) {
 
 template <typename T, typename RowsFunction>
 void launch(const Params<T>& p, int n_threads, RowsFunction rows) {
-  if (p.batch <= 0 || p.n_classes <= 0) return;
-  const int64_t by_work = std::max<int64_t>(1, (p.batch * p.n_classes) / kMinClassesPerThread);
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(n_threads), by_work, p.batch}));
-  if (threads == 1) {
-    rows(p, 0, p.batch);
-    return;
-  }
-  const int64_t chunk = (p.batch + threads - 1) / threads;
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<size_t>(threads - 1));
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t begin = t * chunk;
-    const int64_t end = std::min(p.batch, begin + chunk);
-    if (begin < end) workers.emplace_back(rows, std::cref(p), begin, end);
-  }
-  rows(p, 0, std::min(p.batch, chunk));
-  for (auto& w : workers) w.join();
+  if (p.n_classes <= 0) return;
+  parallel_rows(p.batch, p.n_classes, n_threads, kMinClassesPerThread,
+                [&](int64_t begin, int64_t end) { rows(p, begin, end); });
 }
 
 template <typename T>

@@ -10,9 +10,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <thread>
 #include <vector>
 
+#include "common/parallel_rows.h"
 #include "redshift_resample.h"
 
 namespace zfast {
@@ -121,24 +121,10 @@ ZFAST_CPU_CLONES void resample_rows(const Params& p, int64_t row_begin, int64_t 
 }  // namespace
 
 void launch_cpu(const Params& p, int n_threads) {
-  if (p.batch <= 0 || p.n_bins <= 0) return;
+  if (p.n_bins <= 0) return;
   const auto rows = p.dln <= kCubicMaxDln ? &resample_rows<3> : &resample_rows<5>;
-  const int64_t by_work = std::max<int64_t>(1, (p.batch * p.n_bins) / kMinValuesPerThread);
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(n_threads), by_work, p.batch}));
-  if (threads == 1) {
-    rows(p, 0, p.batch);
-    return;
-  }
-  const int64_t chunk = (p.batch + threads - 1) / threads;
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<size_t>(threads - 1));
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t begin = t * chunk;
-    const int64_t end = std::min(p.batch, begin + chunk);
-    if (begin < end) workers.emplace_back(rows, std::cref(p), begin, end);
-  }
-  rows(p, 0, std::min(p.batch, chunk));
-  for (auto& w : workers) w.join();
+  parallel_rows(p.batch, p.n_bins, n_threads, kMinValuesPerThread,
+                [&](int64_t begin, int64_t end) { rows(p, begin, end); });
 }
 
 InputStats input_stats_cpu(const double* z, const int64_t* sed_index, int64_t batch) {

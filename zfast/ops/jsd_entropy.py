@@ -200,8 +200,7 @@ def _jsd_entropy_op(
     target = target.to(dtype).contiguous()
     batch, n_classes = logits.shape
     grad_scale = 1.0 / batch if reduction == "mean" and batch else 1.0
-    backend = _native.native_backend(logits.device)
-    if backend is None:
+    if _native.native_backend(logits.device) is None:
         if check and batch:
             _validate_stats(_torch_stats(logits, target), n_classes, target_dtype)
         loss, grad = _rows_reference(logits, target, lambda_js, lambda_ent)
@@ -216,11 +215,7 @@ def _jsd_entropy_op(
         logits.data_ptr(), target.data_ptr(), batch, n_classes, float(lambda_js), float(lambda_ent), grad_scale,
         loss.data_ptr(), grad.data_ptr(), 0 if stats is None else stats.data_ptr(), dtype == torch.float64,
     )  # fmt: skip
-    if backend == "cpu":
-        _native._C.jsd_entropy_cpu(*args, torch.get_num_threads())
-    else:
-        device = logits.device
-        _native._C.jsd_entropy_cuda(*args, device.index, _native.cuda_stream_handle(device))
+    _native.launch("jsd_entropy", logits.device, *args)
     if stats is not None:
         _validate_stats(stats, n_classes, target_dtype)
     return _reduce(loss, reduction), grad

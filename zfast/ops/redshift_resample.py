@@ -230,8 +230,7 @@ def _redshift_resample_op(
     if check:
         _validate_values(n_seds, n_rest, sed_index, z, grid, ln_edge0, dln, need_coverage=fill is None)
     fill_value = math.nan if fill is None else float(fill)
-    backend = _native.native_backend(cumulative.device)
-    if backend is None:
+    if _native.native_backend(cumulative.device) is None:
         return redshift_resample_reference(cumulative, sed_index, z, wave_edges, ln_edge0, dln, fill_value)
 
     cumulative = cumulative.contiguous()
@@ -244,11 +243,7 @@ def _redshift_resample_op(
         edge_position.data_ptr(), inv_bin_width.data_ptr(), n_bins,
         float(ln_edge0), float(dln), 1.0 / math.expm1(dln), fill_value, out.data_ptr(),
     )  # fmt: skip
-    if backend == "cpu":
-        _native._C.redshift_resample_cpu(*args, torch.get_num_threads())
-    else:
-        device = cumulative.device
-        _native._C.redshift_resample_cuda(*args, device.index, _native.cuda_stream_handle(device))
+    _native.launch("redshift_resample", cumulative.device, *args)
     return out
 
 
