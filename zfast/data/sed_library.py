@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..ops._checks import FLOAT_DTYPES, as_grid, check_finite, check_increasing
@@ -29,6 +30,8 @@ class SEDLibrary:
         flux (Tensor or array [S, N]): f_λ of each SED (any units), finite, no all-zero rows.
         dln (float, optional): pixel width in ln λ for the resampled grid when the input is not log-uniform.
             Default: the input's smallest step in ln λ (keeps its finest resolution).
+        params (dict, optional): a per-SED parameter table, {name: array [S]} of numbers or strings (e.g. the
+            physical parameters an SED was made with, its rest EW(Hα)); kept as numpy arrays in ``params``.
 
     Attributes:
         cumulative (Tensor[S, N+1], float64): C_s[k] = ∫_{e_0}^{e_k} f_s dλ at the rest edges
@@ -38,7 +41,7 @@ class SEDLibrary:
     ``redshift_resample`` puts SEDs at redshifts onto observed bins; ``to(device)`` moves the library.
     """
 
-    def __init__(self, wavelength, flux, *, dln: Optional[float] = None):
+    def __init__(self, wavelength, flux, *, dln: Optional[float] = None, params: Optional[dict] = None):
         if isinstance(flux, torch.Tensor):
             flux_t = flux
         else:
@@ -53,6 +56,7 @@ class SEDLibrary:
         if flux_t.shape[0] == 0:
             raise ValueError("flux holds no SEDs (S = 0)")
         check_increasing(wave, "wavelength", positive=True)
+        self.params = _parameter_table(params, flux_t.shape[0])
         flux64 = flux_t.to(torch.float64)
         check_finite(flux64, "flux")
         zero_rows = torch.nonzero((flux64 == 0).all(dim=1)).flatten()
@@ -98,9 +102,9 @@ class SEDLibrary:
         return torch.exp(ln_edge0 + k * dln)
 
     @classmethod
-    def _from_cumulative(cls, cumulative: torch.Tensor, ln_edge0: float, dln: float) -> "SEDLibrary":
+    def _from_cumulative(cls, cumulative: torch.Tensor, ln_edge0: float, dln: float, params: dict) -> "SEDLibrary":
         library = cls.__new__(cls)
-        library.cumulative, library.ln_edge0, library.dln = cumulative, ln_edge0, dln
+        library.cumulative, library.ln_edge0, library.dln, library.params = cumulative, ln_edge0, dln, params
         return library
 
     # --- what the library holds -------------------------------------------------------------------------
@@ -146,7 +150,50 @@ class SEDLibrary:
     def to(self, device) -> "SEDLibrary":
         """The library on ``device`` (cumulative included); ``self`` if it is already there."""
         moved = self.cumulative.to(device)
-        return self if moved is self.cumulative else self._from_cumulative(moved, self.ln_edge0, self.dln)
+        if moved is self.cumulative:
+            return self
+        return self._from_cumulative(moved, self.ln_edge0, self.dln, self.params)
+
+    # --- files ------------------------------------------------------------------------------------------
+    def save(self, path, *, dtype: str = "float32") -> None:
+        """Write the library to ``path`` (.npz, .h5/.hdf5 or .fits/.fit, by suffix), atomically.
+
+        Stored: ``wavelength`` [N] (rest-frame vacuum Å, the log-uniform pixel centres), ``flux`` [S, N] (f_λ
+        in ``dtype``: "float32" (default) or "float16", which needs values within ±65504, e.g. SEDs
+        normalised by their median) and the parameter table. ``SEDLibrary.load`` reads it back onto the same
+        grid. The file appears only once complete (written beside it, then renamed).
+        """
+        from . import library_files
+
+        library_files.save(self, path, dtype)
+
+    @classmethod
+    def load(cls, path) -> "SEDLibrary":
+        """Read a library from an .npz, HDF5 (.h5/.hdf5, needs h5py) or FITS (.fits/.fit, needs astropy) file.
+
+        Layout (what ``save`` writes; files made elsewhere only need ``wavelength`` and ``flux``):
+            npz:  arrays ``wavelength`` [N], ``flux`` [S, N], and ``param_<name>`` [S] per parameter;
+            HDF5: datasets ``wavelength``, ``flux`` and a group ``params`` of [S] datasets;
+            FITS: image HDUs named WAVELENGTH and FLUX, and an optional binary table HDU named PARAMS.
+        Wavelengths are rest-frame vacuum Å. Every problem (missing or mis-shaped arrays, unsorted or duplicate
+        wavelengths, non-finite or all-zero SEDs) raises a ValueError that names the file and what to fix.
+        """
+        from . import library_files
+
+        return library_files.load(cls, path)
+
+    def check_coverage(self, wave_edges, z_range: tuple[float, float]) -> None:
+        """Raise ValueError unless every z in ``z_range`` (z_lo, z_hi) can be put on ``wave_edges`` [M+1] (Å),
+        saying which redshifts the library can serve there."""
+        z_min, z_max = self.z_range(wave_edges)
+        z_lo, z_hi = z_range
+        if z_lo < z_min or z_hi > z_max:
+            lo, hi = math.exp(self.ln_edge0), math.exp(self.ln_edge0 + self.n_pixels * self.dln)
+            servable = f"{max(z_min, 0.0):.4g} <= z <= {z_max:.4g}" if z_min <= z_max else "no redshift at all"
+            raise ValueError(
+                f"the library's rest coverage {lo:.1f}-{hi:.1f} Å is too short for {z_lo:.4g} <= z <= {z_hi:.4g} on "
+                f"observed bins {float(wave_edges[0]):.1f}-{float(wave_edges[-1]):.1f} Å: it can serve {servable}"
+            )
 
     # --- the op -----------------------------------------------------------------------------------------
     def z_range(self, wave_edges) -> tuple[float, float]:
@@ -195,3 +242,16 @@ class SEDLibrary:
         else:
             edges = as_grid(wave_edges, "wave_edges", self.device)
         return redshift_resample(self.cumulative, sed_index, z, edges, self.ln_edge0, self.dln, fill, check)
+
+
+def _parameter_table(params: Optional[dict], n_seds: int) -> dict:
+    """{name: numpy array [S]} from a dict of array-likes, each checked to hold one value per SED."""
+    table = {}
+    for name, values in (params or {}).items():
+        column = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        if column.shape != (n_seds,):
+            raise ValueError(f"params[{name!r}] must hold one value per SED, shape ({n_seds},), got {column.shape}")
+        if column.dtype.kind not in "biufU":
+            raise TypeError(f"params[{name!r}] must hold numbers or strings, got numpy dtype {column.dtype}")
+        table[str(name)] = column
+    return table
