@@ -13,24 +13,29 @@ Public API:
 
 from ._native import native_available
 from .bins import PzSummary, pz_summary, redshift_bin_edges, soft_labels, target_to_z, z_to_bin, z_to_target
-from .data import SEDLibrary
+from .data import AugmentedSpectra, Instrument, NoiseModel, SEDLibrary, normalise, split_by_sed
 from .ops import JSDEntropyLoss, jsd_entropy, jsd_entropy_reference, pixel_edges, rebin, redshift_resample_reference
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AugmentedSpectra",
+    "Instrument",
     "JSDEntropyLoss",
+    "NoiseModel",
     "PzSummary",
     "SEDLibrary",
     "jsd_entropy",
     "jsd_entropy_reference",
     "native_available",
+    "normalise",
     "pixel_edges",
     "pz_summary",
     "rebin",
     "redshift_bin_edges",
     "redshift_resample_reference",
     "soft_labels",
+    "split_by_sed",
     "target_to_z",
     "z_to_bin",
     "z_to_target",

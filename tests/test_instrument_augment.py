@@ -1,0 +1,171 @@
+"""Instruments (pixels, LSF, noise), normalisation, SED splits and the augmentation pipeline."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import zfast
+from conftest import log_uniform_centres, random_library
+
+
+def line_library(line=6564.61, sigma=0.2, continuum=0.0):
+    """One SED: a narrow Gaussian line (integrated exactly over each rest pixel) on a flat continuum."""
+    wave = log_uniform_centres(3500.0, 10600.0, 1 / 20000)
+    grid = zfast.SEDLibrary(wave, torch.ones(1, wave.numel(), dtype=torch.float64))
+    edges = grid.edges
+    cdf = 0.5 * (1 + torch.erf((edges - line) / (sigma * math.sqrt(2))))
+    flux = continuum + 100.0 * (cdf[1:] - cdf[:-1]) / (edges[1:] - edges[:-1])
+    return zfast.SEDLibrary(grid.wavelength, flux[None] + 1e-6)
+
+
+def test_presets():
+    nisp = zfast.Instrument.preset("euclid-nisp-red")
+    assert nisp.n_pixels == 512 and nisp.wave_edges[0] == 12060.0
+    assert math.isclose(nisp.wave_edges[-1].item(), 18920.8, rel_tol=1e-12)
+    assert math.isclose(nisp.lsf_fwhm, 16000 / 450)
+    paper = zfast.Instrument.preset("paper")
+    assert paper.n_pixels == 1780 and paper.wavelength[0] == 11000.0 and paper.wavelength[-1] == 19895.0
+    assert paper.lsf_fwhm is None
+    log = zfast.Instrument.log("log", 12000.0, 19000.0, 300)
+    torch.testing.assert_close(torch.diff(torch.log(log.wave_edges)), torch.full((300,), math.log(19 / 12) / 300, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown instrument preset"):
+        zfast.Instrument.preset("jwst")
+
+
+def test_lsf_keeps_constants_conserves_flux_and_has_the_right_width():
+    nisp = zfast.Instrument.preset("euclid-nisp-red")
+    flat = torch.full((2, 512), 3.0)
+    torch.testing.assert_close(nisp.convolve_lsf(flat), flat)
+    spike = torch.zeros(1, 512, dtype=torch.float64)
+    spike[0, 250] = 1.0
+    blurred = nisp.convolve_lsf(spike)[0]
+    assert math.isclose(blurred.sum().item(), 1.0, rel_tol=1e-12)
+    offsets = (torch.arange(512, dtype=torch.float64) - 250) * 13.4
+    sigma = math.sqrt((blurred * offsets**2).sum().item())
+    # The kernel integrates the Gaussian over whole pixels: σ² = σ_LSF² + pixel²/12.
+    assert math.isclose(sigma, math.sqrt((nisp.lsf_fwhm / 2.3548200450309493) ** 2 + 13.4**2 / 12), rel_tol=1e-3)
+
+
+def test_single_line_through_the_pipeline_peaks_at_its_pixel(generator):
+    library = line_library()
+    pipeline = zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red"), split=torch.tensor([0]),
+                                      batch_size=64, seed=int(torch.randint(0, 1000, (1,), generator=generator)))  # fmt: skip
+    flux, ivar, z, sed_index = next(pipeline)
+    assert flux.shape == (64, 512) and flux.dtype == torch.float32 and z.dtype == torch.float64
+    assert torch.isinf(ivar).all() and (sed_index == 0).all()
+    expected_pixel = torch.bucketize(6564.61 * (1 + z), pipeline.wave_edges, right=True) - 1
+    assert torch.equal(flux.argmax(dim=1), expected_pixel)
+
+
+def test_white_noise_reaches_the_requested_snr(generator):
+    wave = log_uniform_centres(3500.0, 10600.0, 1 / 2000)
+    library = zfast.SEDLibrary(wave, torch.full((3, wave.numel()), 2.0, dtype=torch.float64))
+    for snr in (3.0, 10.0):
+        instrument = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white", snr=(snr, snr)))
+        pipeline = zfast.AugmentedSpectra(library, instrument, split=torch.arange(3), batch_size=2000, seed=5)
+        flux, ivar, z, _ = next(pipeline)
+        # Normalised by the median |flux| of the noisy spectrum: the continuum sits near 1, σ near 1/SNR.
+        measured = flux.std(dim=1).mean().item()
+        assert math.isclose(measured, 1 / snr, rel_tol=0.05), (snr, measured)
+        assert math.isclose(ivar.mean().item() ** -0.5, 1 / snr, rel_tol=0.05)
+
+
+def test_snr_is_drawn_log_uniform_in_the_range():
+    flux = torch.ones(20000, 8, dtype=torch.float64)
+    noise = zfast.NoiseModel("white", snr=(3.0, 30.0))
+    _, ivar = noise.apply(flux, torch.Generator().manual_seed(0))
+    log_snr = 0.5 * torch.log(ivar[:, 0])
+    assert log_snr.min() >= math.log(3) - 1e-9 and log_snr.max() <= math.log(30) + 1e-9
+    assert math.isclose(log_snr.mean().item(), 0.5 * (math.log(3) + math.log(30)), rel_tol=0.01)
+
+
+def test_normalise_is_finite_for_zero_negative_and_sparse_spectra():
+    flux = torch.tensor([[0.0, 0.0, 0.0], [-2.0, -4.0, -6.0], [0.0, 0.0, 5.0], [1.0, 2.0, 3.0]])
+    ivar = torch.ones_like(flux)
+    normed, normed_ivar, scale = zfast.normalise(flux, ivar)
+    assert torch.isfinite(normed).all() and torch.isfinite(normed_ivar).all()
+    torch.testing.assert_close(scale.flatten(), torch.tensor([1.0, 4.0, 5.0, 2.0]))
+    torch.testing.assert_close(normed[3], torch.tensor([0.5, 1.0, 1.5]))
+    torch.testing.assert_close(normed_ivar[3], torch.full((3,), 4.0))
+
+
+@pytest.mark.parametrize("n_seds", [3, 10, 1001])
+def test_splits_are_disjoint_complete_and_seeded(n_seds):
+    split = zfast.split_by_sed(n_seds, seed=3)
+    union = torch.cat(list(split.values()))
+    assert union.numel() == n_seds and torch.equal(union.sort().values, torch.arange(n_seds))
+    for a in ("train", "val", "test"):
+        assert split[a].numel() >= 1
+    again = zfast.split_by_sed(n_seds, seed=3)
+    assert all(torch.equal(split[k], again[k]) for k in split)
+    if n_seds > 10:
+        assert not torch.equal(zfast.split_by_sed(n_seds, seed=4)["test"], split["test"])
+
+
+def test_pipeline_draws_only_from_its_split_and_is_deterministic(generator):
+    library = random_library(generator, n_seds=50)
+    nisp = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white"))
+    train = zfast.AugmentedSpectra(library, nisp, split="train", batch_size=128, seed=1)
+    test_indices = zfast.split_by_sed(50)["test"]
+    for _ in range(3):
+        _, _, z, sed_index = next(train)
+        assert not torch.isin(sed_index, test_indices).any()
+        assert z.min() >= 1.0 and z.max() < 1.8
+    first = zfast.AugmentedSpectra(library, nisp, split="train", batch_size=16, seed=9)
+    second = zfast.AugmentedSpectra(library, nisp, split="train", batch_size=16, seed=9)
+    for a, b in zip(next(first), next(second)):
+        assert torch.equal(a, b)
+
+
+def test_generator_state_restores_the_stream_and_fixed_sets_are_fixed(generator):
+    library = random_library(generator, n_seds=20)
+    pipeline = zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white")),
+                                      batch_size=8, seed=2)  # fmt: skip
+    next(pipeline)
+    state = pipeline.state_dict()
+    expected = next(pipeline)
+    val_a = pipeline.fixed_set(32, seed=7)
+    pipeline.load_state_dict(state)
+    resumed = next(pipeline)
+    for a, b in zip(expected, resumed):
+        assert torch.equal(a, b)
+    val_b = pipeline.fixed_set(32, seed=7)
+    for a, b in zip(val_a, val_b):
+        assert torch.equal(a, b)
+
+
+def test_pipeline_refuses_a_library_that_cannot_serve_the_z_range(generator):
+    library = random_library(generator, n_seds=5, lo=5000.0, hi=9000.0)
+    with pytest.raises(ValueError, match="too short for 1 <= z <= 1.8"):
+        zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"split": "holdout"}, "split must be one of"),
+        ({"split": torch.tensor([0, 99])}, r"within \[0, 10\)"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"z_range": (1.8, 1.0)}, "z_range must be"),
+    ],
+)
+def test_bad_pipeline_arguments(generator, kwargs, match):
+    library = random_library(generator, n_seds=10)
+    with pytest.raises(ValueError, match=match):
+        zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red"), **kwargs)
+
+
+def test_bad_noise_and_instrument_arguments():
+    with pytest.raises(ValueError, match="noise kind must be"):
+        zfast.NoiseModel("pink")
+    with pytest.raises(ValueError, match="snr must be"):
+        zfast.NoiseModel("white", snr=(10.0, 3.0))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        zfast.Instrument("bad", torch.tensor([3.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="uniform width"):
+        zfast.Instrument("bad", torch.tensor([1.0, 2.0, 4.0]), lsf_fwhm=1.0)
+    with pytest.raises(ValueError, match=r"flux must be \[B, 512\]"):
+        zfast.Instrument.preset("euclid-nisp-red").observe(torch.ones(2, 10))

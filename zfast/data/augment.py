@@ -1,0 +1,126 @@
+"""On-the-fly redshift augmentation: fresh spectra for every batch, drawn on the training device.
+
+``AugmentedSpectra`` draws SED indices (from one split of the library) and redshifts, puts the SEDs on the
+instrument's pixels with the native ``redshift_resample`` kernel, applies the instrument's LSF and noise and
+normalises each spectrum — all batched on the library's device: no Python loop over spectra, no host sync
+per batch (coverage is checked once, at construction), no DataLoader worker processes. The random stream is a
+``torch.Generator`` seeded from ``seed``; ``state_dict``/``load_state_dict`` save and restore it for resume.
+
+Splits are by SED, never by redshift draw (``split_by_sed``): a validation or test spectrum comes from an SED
+the network never saw in training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+from .instrument import Instrument, normalise
+from .sed_library import SEDLibrary
+
+SPLITS = ("train", "val", "test")
+
+
+def split_by_sed(n_seds: int, fractions: tuple = (0.8, 0.1, 0.1), seed: int = 0) -> dict:
+    """{"train", "val", "test"} → disjoint sorted int64 tensors of SED indices covering range(n_seds).
+
+    A seeded permutation cut by ``fractions`` (summing to 1; val and test get at least one SED each when
+    n_seds >= 3). The same (n_seds, fractions, seed) always gives the same split.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-9):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    if n_seds < 3:
+        raise ValueError(f"need at least 3 SEDs to split into train/val/test, got {n_seds}")
+    order = torch.randperm(n_seds, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(fractions[1] * n_seds)) if fractions[1] > 0 else 0
+    n_test = max(1, round(fractions[2] * n_seds)) if fractions[2] > 0 else 0
+    n_train = n_seds - n_val - n_test
+    parts = torch.split(order, [n_train, n_val, n_test])
+    return {name: part.sort().values for name, part in zip(SPLITS, parts)}
+
+
+class AugmentedSpectra:
+    """An endless iterable of augmented batches ``(flux[B, M], ivar[B, M], z[B], sed_index[B])``.
+
+    Args:
+        library (SEDLibrary): rest-frame SEDs, on the device the batches should live on.
+        instrument (Instrument): observed pixels, LSF and noise.
+        z_range (tuple): redshifts drawn uniformly in [lo, hi) (the paper: 1 <= z < 1.8).
+        split (str or Tensor): "train", "val" or "test" of ``split_by_sed(len(library), fractions, split_seed)``,
+            or an explicit tensor of SED indices.
+        batch_size (int): spectra per batch. seed (int): seeds the draws (SED, z, noise).
+        fractions, split_seed: how the library is split (see ``split_by_sed``).
+
+    flux and ivar are float32 and normalised per spectrum (``normalise``); z is float64 (exact labels);
+    sed_index is int64.
+    """
+
+    def __init__(
+        self,
+        library: SEDLibrary,
+        instrument: Instrument,
+        z_range: tuple = (1.0, 1.8),
+        split: Union[str, torch.Tensor] = "train",
+        batch_size: int = 256,
+        seed: int = 0,
+        fractions: tuple = (0.8, 0.1, 0.1),
+        split_seed: int = 0,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        z_lo, z_hi = map(float, z_range)
+        if not (0 <= z_lo < z_hi):
+            raise ValueError(f"z_range must be (lo, hi) with 0 <= lo < hi, got {z_range}")
+        self.library, self.instrument, self.batch_size = library, instrument, batch_size
+        self.z_range = (z_lo, z_hi)
+        self.device = library.device
+        if isinstance(split, str):
+            if split not in SPLITS:
+                raise ValueError(f"split must be one of {SPLITS} or a tensor of SED indices, got {split!r}")
+            indices = split_by_sed(len(library), fractions, split_seed)[split]
+        else:
+            indices = torch.as_tensor(split, dtype=torch.int64)
+            if indices.numel() == 0 or int(indices.min()) < 0 or int(indices.max()) >= len(library):
+                raise ValueError(f"split indices must be non-empty and within [0, {len(library)})")
+        self.sed_indices = indices.to(self.device)
+        library.check_coverage(instrument.wave_edges, self.z_range)
+        self.wave_edges = instrument.wave_edges.to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.draw(self.batch_size)
+
+    def draw(self, n_spectra: int):
+        """One batch of ``n_spectra`` spectra from the running random stream."""
+        g = self.generator
+        pick = torch.randint(0, self.sed_indices.numel(), (n_spectra,), generator=g, device=self.device)
+        sed_index = self.sed_indices[pick]
+        z_lo, z_hi = self.z_range
+        z = z_lo + (z_hi - z_lo) * torch.rand(n_spectra, generator=g, device=self.device, dtype=torch.float64)
+        # Validated once at construction (split indices, coverage of z_range): no host sync per batch.
+        spectra = self.library.redshift_resample(sed_index, z, self.wave_edges, check=False)
+        flux, ivar = self.instrument.observe(spectra, g)
+        flux, ivar, _ = normalise(flux, ivar)
+        return flux, ivar, z, sed_index
+
+    def fixed_set(self, n_spectra: int, seed: int) -> tuple:
+        """``n_spectra`` spectra drawn from their own generator seeded with ``seed``: identical on every call
+        and every run (for validation and test sets), leaving the running stream untouched."""
+        running = self.generator
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        try:
+            return self.draw(n_spectra)
+        finally:
+            self.generator = running
+
+    def state_dict(self) -> dict:
+        """The random stream's state (for checkpoints)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

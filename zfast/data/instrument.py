@@ -1,0 +1,157 @@
+"""Instruments: observed pixels, line-spread function and noise model, applied on the observed pixels.
+
+An ``Instrument`` turns noiseless redshifted spectra on its pixels (``SEDLibrary.redshift_resample`` onto
+``wave_edges``) into what a spectrograph records: ``observe(flux, generator)`` convolves with the line-spread
+function (LSF), then adds noise, and returns the noisy flux with the inverse variance it used.
+
+Conventions (written once here):
+* LSF: a Gaussian of constant FWHM in Å (a slitless grism disperses linearly, so its resolution element is
+  about constant in Å), FWHM = λ_ref / R, applied as a discrete convolution along the pixels with a kernel
+  normalised to 1 (integrated over each pixel, truncated at ±5σ) and edge pixels replicated outwards, so a
+  constant spectrum stays constant and, away from the ends, the flux of a line is conserved. The pixels of a
+  preset with an LSF are uniform in Å.
+* White noise: per spectrum, SNR is drawn log-uniform in ``snr`` (lo, hi) (a fixed SNR when lo == hi). SNR is
+  per pixel on the continuum: σ = median_j |F_j| / SNR, the same σ in every pixel of that spectrum, so a
+  spectrum of constant flux has exactly that SNR in every pixel and a line above it has more.
+* Inverse variance: 1/σ² per pixel; with no noise it is +inf (the flux is exact).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """``kind`` "none" or "white"; for white noise, ``snr`` = (lo, hi), drawn log-uniform per spectrum."""
+
+    kind: str = "none"
+    snr: tuple = (3.0, 30.0)
+
+    def __post_init__(self):
+        if self.kind not in ("none", "white"):
+            raise ValueError(f'noise kind must be "none" or "white", got {self.kind!r}')
+        lo, hi = self.snr
+        if not (0 < lo <= hi < math.inf):
+            raise ValueError(f"snr must be (lo, hi) with 0 < lo <= hi < inf, got {self.snr}")
+
+    def apply(self, flux: torch.Tensor, generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy flux, inverse variance), both [B, M] like ``flux``; no host synchronisation."""
+        if self.kind == "none":
+            return flux, torch.full_like(flux, math.inf)
+        lo, hi = self.snr
+        u = torch.rand(flux.shape[0], 1, generator=generator, device=flux.device, dtype=flux.dtype)
+        snr = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        sigma = flux.abs().median(dim=1, keepdim=True).values / snr
+        noise = torch.randn(flux.shape, generator=generator, device=flux.device, dtype=flux.dtype)
+        ivar = (1.0 / sigma.square()).expand_as(flux)
+        return flux + sigma * noise, ivar
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """Observed pixel edges (Å, vacuum) + Gaussian LSF of constant FWHM (Å, or None) + noise model."""
+
+    name: str
+    wave_edges: torch.Tensor = field(repr=False)
+    lsf_fwhm: Optional[float] = None
+    noise: NoiseModel = NoiseModel()
+
+    def __post_init__(self):
+        edges = torch.as_tensor(self.wave_edges, dtype=torch.float64)
+        if edges.dim() != 1 or edges.numel() < 2 or not bool((edges[1:] > edges[:-1]).all()):
+            raise ValueError("wave_edges must be 1-D, strictly increasing, with at least 2 values")
+        object.__setattr__(self, "wave_edges", edges)
+        if self.lsf_fwhm is not None:
+            widths = edges[1:] - edges[:-1]
+            if not bool(torch.allclose(widths, widths.mean(), rtol=1e-6)):
+                raise ValueError("an LSF needs pixels of uniform width in Å")
+            if not self.lsf_fwhm > 0:
+                raise ValueError(f"lsf_fwhm must be > 0 Å, got {self.lsf_fwhm}")
+
+    # --- presets ----------------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, noise: NoiseModel = NoiseModel()) -> "Instrument":
+        """``euclid-nisp-red``: 12060-18920 Å in 512 pixels of 13.4 Å, Gaussian LSF of R = 450 at 1.6 µm
+        (FWHM 35.6 Å). ``paper``: the authors' data, 1780 pixels of 5 Å centred on 11000-19895 Å, no LSF."""
+        if name == "euclid-nisp-red":
+            return cls.linear(name, 12060.0, 13.4, 512, resolution=450.0, resolution_at=16000.0, noise=noise)
+        if name == "paper":
+            return cls.linear(name, 11000.0 - 2.5, 5.0, 1780, noise=noise)
+        raise ValueError(f'unknown instrument preset {name!r}; presets: "euclid-nisp-red", "paper"')
+
+    @classmethod
+    def linear(cls, name: str, first_edge: float, pixel: float, n_pixels: int, *, resolution: Optional[float] = None,
+               resolution_at: Optional[float] = None, noise: NoiseModel = NoiseModel()) -> "Instrument":
+        """Pixels of ``pixel`` Å from ``first_edge``; LSF FWHM = resolution_at / resolution when given."""
+        k = torch.arange(n_pixels + 1, dtype=torch.float64)
+        fwhm = None
+        if resolution is not None:
+            centre = first_edge + 0.5 * pixel * n_pixels
+            fwhm = (resolution_at if resolution_at is not None else centre) / resolution
+        return cls(name, first_edge + pixel * k, fwhm, noise)
+
+    @classmethod
+    def log(cls, name: str, first_edge: float, last_edge: float, n_pixels: int,
+            noise: NoiseModel = NoiseModel()) -> "Instrument":
+        """Log-uniform pixels between ``first_edge`` and ``last_edge`` (Å); no LSF (it needs uniform pixels)."""
+        k = torch.arange(n_pixels + 1, dtype=torch.float64)
+        edges = torch.exp(math.log(first_edge) + k * (math.log(last_edge) - math.log(first_edge)) / n_pixels)
+        return cls(name, edges, None, noise)
+
+    def with_noise(self, noise: NoiseModel) -> "Instrument":
+        return Instrument(self.name, self.wave_edges, self.lsf_fwhm, noise)
+
+    # --- what it does -----------------------------------------------------------------------------------
+    @property
+    def n_pixels(self) -> int:
+        return self.wave_edges.numel() - 1
+
+    @property
+    def wavelength(self) -> torch.Tensor:
+        """Tensor[M], float64: pixel centres in Å."""
+        return 0.5 * (self.wave_edges[1:] + self.wave_edges[:-1])
+
+    def lsf_kernel(self, device=None, dtype=torch.float32) -> Optional[torch.Tensor]:
+        """The LSF as a normalised kernel over pixel offsets -h..h (the Gaussian integrated over each pixel)."""
+        if self.lsf_fwhm is None:
+            return None
+        pixel = (self.wave_edges[1] - self.wave_edges[0]).item()
+        sigma = self.lsf_fwhm / FWHM_PER_SIGMA / pixel
+        half = max(1, math.ceil(5 * sigma))
+        offsets = torch.arange(-half, half + 2, dtype=torch.float64) - 0.5  # pixel edges around the centre
+        cdf = 0.5 * (1 + torch.erf(offsets / (sigma * math.sqrt(2))))
+        kernel = cdf[1:] - cdf[:-1]
+        return (kernel / kernel.sum()).to(device=device, dtype=dtype)
+
+    def convolve_lsf(self, flux: torch.Tensor) -> torch.Tensor:
+        """flux [B, M] convolved with the LSF (edge pixels replicated outwards); unchanged without an LSF."""
+        kernel = self.lsf_kernel(flux.device, flux.dtype)
+        if kernel is None:
+            return flux
+        half = (kernel.numel() - 1) // 2
+        padded = torch.nn.functional.pad(flux[:, None, :], (half, half), mode="replicate")
+        return torch.nn.functional.conv1d(padded, kernel.flip(0)[None, None, :])[:, 0, :]
+
+    def observe(self, flux: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """(flux, ivar), each [B, M]: noiseless spectra on this instrument's pixels through the LSF and noise."""
+        if flux.dim() != 2 or flux.shape[1] != self.n_pixels:
+            raise ValueError(f"flux must be [B, {self.n_pixels}] on this instrument's pixels, got {tuple(flux.shape)}")
+        return self.noise.apply(self.convolve_lsf(flux), generator)
+
+
+def normalise(flux: torch.Tensor, ivar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-spectrum normalisation of what the network sees: (flux / s, ivar · s², s) with s [B, 1] the
+    median of |flux| over the pixels, or its maximum if the median is 0, or 1 for an all-zero spectrum —
+    so zero, negative and mostly-empty spectra stay finite. No host synchronisation."""
+    absolute = flux.abs()
+    scale = absolute.median(dim=1, keepdim=True).values
+    scale = torch.where(scale > 0, scale, absolute.amax(dim=1, keepdim=True))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return flux / scale, ivar * scale.square(), scale
