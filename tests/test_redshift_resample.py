@@ -114,7 +114,7 @@ def test_matches_independent_rebin_of_the_redshifted_sed(generator):
 
 
 # --- native kernel vs the float64 reference -----------------------------------------------------------------
-@pytest.mark.parametrize("batch,n_bins", [(1, 512), (3, 37), (129, 511), (200, 1000), (17, 1)])
+@pytest.mark.parametrize("batch,n_bins", [(1, 512), (3, 37), (129, 511), (1100, 1000), (17, 1)])  # 1100 x 1000: 3 threads
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_native_cpu_kernel_matches_reference_and_writes_every_element(generator, batch, n_bins, n_threads):
     library = random_library(generator, n_seds=31)
