@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -47,6 +48,9 @@ def test_round_trip_keeps_grid_flux_and_params(tmp_path, generator, suffix):
         rtol=1e-6, atol=0,
     )  # fmt: skip
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private 0600
 
 
 def test_float16_needs_normalised_flux(tmp_path, generator):

@@ -50,6 +50,9 @@ def save(library, path, dtype: str = "float32") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private (0600); a saved library is an ordinary file
     try:
         {"npz": _write_npz, "hdf5": _write_hdf5, "fits": _write_fits}[fmt](temporary, wavelength, flux, params)
         with open(temporary, "rb+") as written:
