@@ -9,12 +9,18 @@ Public API:
     native_available()                         which native kernels were built / are usable
     redshift_bin_edges, z_to_bin, z_to_target, target_to_z, soft_labels, pz_summary
                                                one definition of the redshift bins for all estimators
+    air_to_vacuum(wavelength), vacuum_to_air(wavelength)
+                                               Morton (2000) / IAU conversion of wavelengths in Å
+    SEDLibrary.default()                       the built-in bagpipes library (no bagpipes needed to load it)
+
+SED libraries are built with ``zfast-sed build`` (zfast.sed_builder; needs the GPL-3 bagpipes, imported only there).
 """
 
 from ._native import native_available
 from .bins import PzSummary, pz_summary, redshift_bin_edges, soft_labels, target_to_z, z_to_bin, z_to_target
 from .data import AugmentedSpectra, Instrument, NoiseModel, SEDLibrary, normalise, split_by_sed
 from .ops import JSDEntropyLoss, jsd_entropy, jsd_entropy_reference, pixel_edges, rebin, redshift_resample_reference
+from .wavelengths import air_to_vacuum, vacuum_to_air
 
 __version__ = "0.1.0"
 
@@ -25,6 +31,7 @@ __all__ = [
     "NoiseModel",
     "PzSummary",
     "SEDLibrary",
+    "air_to_vacuum",
     "jsd_entropy",
     "jsd_entropy_reference",
     "native_available",
@@ -37,6 +44,7 @@ __all__ = [
     "soft_labels",
     "split_by_sed",
     "target_to_z",
+    "vacuum_to_air",
     "z_to_bin",
     "z_to_target",
     "__version__",

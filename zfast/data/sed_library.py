@@ -39,6 +39,7 @@ class SEDLibrary:
         ln_edge0 (float), dln (float): the rest grid.
 
     ``redshift_resample`` puts SEDs at redshifts onto observed bins; ``to(device)`` moves the library.
+    ``SEDLibrary.default()`` loads the built-in library (bagpipes SEDs, see ``zfast-sed build``).
     """
 
     def __init__(self, wavelength, flux, *, dln: Optional[float] = None, params: Optional[dict] = None):
@@ -181,6 +182,15 @@ class SEDLibrary:
         from . import library_files
 
         return library_files.load(cls, path)
+
+    @classmethod
+    def default(cls) -> "SEDLibrary":
+        """The built-in library: 1000 bagpipes SEDs made by ``zfast-sed build`` (rest 3500-10600 Å vacuum,
+        dlnλ = 1/2000, each ÷ its median, float16), with ``params`` (``sfh_type``, ``ew_halpha``, ...); the
+        command, seed and versions are in ``default_library.provenance.json`` beside it. Needs only numpy."""
+        from pathlib import Path
+
+        return cls.load(Path(__file__).with_name("default_library.npz"))
 
     def check_coverage(self, wave_edges, z_range: tuple[float, float]) -> None:
         """Raise ValueError unless every z in ``z_range`` (z_lo, z_hi) can be put on ``wave_edges`` [M+1] (Å),
