@@ -19,7 +19,9 @@ pixels, M = 512 bins), for B = 256 and B = 4096. Every provider gets the same in
                     fill_(1.0) of the next of a ring of [B, M] outputs spanning 128 MB (4x this box's
                     L3), so every write goes to DRAM: the floor for output that does not stay in cache
 
-The same inputs (and the same wave_edges tensor, as in a training loop) are passed to every call; the
+The same inputs (and the same wave_edges tensor, as in a training loop) are passed to every call, so at
+B = 256 the few MB of library rows read stay in cache between calls while at B = 4096 (29-88 MB) they come
+from DRAM; a training loop draws fresh rows every batch (bench_augment.py times that). The
 benchmark fails if zfast's native kernel is not importable, rather than timing its PyTorch fallback as
 "native". Each provider is called once before timing (warm-up, and torch.compile's compilation); the outputs
 of native-nocheck, torch, torch.compile and spectres are then checked against native's. Each library is
