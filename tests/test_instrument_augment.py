@@ -169,3 +169,42 @@ def test_bad_noise_and_instrument_arguments():
         zfast.Instrument("bad", torch.tensor([1.0, 2.0, 4.0]), lsf_fwhm=1.0)
     with pytest.raises(ValueError, match=r"flux must be \[B, 512\]"):
         zfast.Instrument.preset("euclid-nisp-red").observe(torch.ones(2, 10))
+
+
+def test_euclid_noise_level_follows_the_line_flux_limit():
+    nisp = zfast.Instrument.preset("euclid-nisp-red")
+    n_pixels = 2 * (16000 / 450) / 13.4  # two resolution elements
+    expected_sigma = 2e-16 / (3.5 * 13.4 * math.sqrt(n_pixels))
+    assert math.isclose(nisp.euclid_sigma(), expected_sigma, rel_tol=1e-12)
+    assert math.isclose(expected_sigma, 1.85e-18, rel_tol=0.01)
+    # AB magnitude 21 at 1.549 µm (the band centre): f_ν = 10^(-69.6/2.5) erg/s/cm²/Hz.
+    f_lambda = 10 ** (-69.6 / 2.5) * 2.99792458e18 / ((12060 + 18920.8) / 2) ** 2
+    assert math.isclose(nisp.ab_flux_density(21.0), f_lambda, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("magnitude", [19.0, 21.0])
+def test_euclid_noise_matches_its_documented_sigma_in_every_pixel(magnitude):
+    noise = zfast.NoiseModel("euclid", magnitude=(magnitude, magnitude))
+    nisp = zfast.Instrument.preset("euclid-nisp-red", noise)
+    flux = torch.full((4000, 512), 2.5, dtype=torch.float64)  # any units: the magnitude sets the brightness
+    noisy, ivar = noise.apply(flux, torch.Generator().manual_seed(1), nisp)
+    expected = 2.5 * nisp.euclid_sigma() / nisp.ab_flux_density(magnitude)  # σ in the spectrum's own units
+    per_pixel = (noisy - flux).std(dim=0)
+    assert per_pixel.mean().item() == pytest.approx(expected, rel=0.01)
+    # Flat in λ: the blue and red halves of the band have the same σ.
+    assert per_pixel[:256].mean().item() == pytest.approx(per_pixel[256:].mean().item(), rel=0.02)
+    torch.testing.assert_close(ivar, torch.full_like(ivar, expected**-2))
+
+
+def test_euclid_noise_magnitudes_are_drawn_uniformly_and_need_the_instrument():
+    noise = zfast.NoiseModel("euclid", magnitude=(19.0, 22.5))
+    nisp = zfast.Instrument.preset("euclid-nisp-red", noise)
+    _, ivar = noise.apply(torch.ones(20000, 512, dtype=torch.float64), torch.Generator().manual_seed(2), nisp)
+    sigma = ivar[:, 0] ** -0.5
+    magnitude = -2.5 * torch.log10(nisp.euclid_sigma() / sigma * ((12060 + 18920.8) / 2) ** 2 / 2.99792458e18) - 48.6
+    assert magnitude.min() >= 19.0 - 1e-9 and magnitude.max() <= 22.5 + 1e-9
+    assert magnitude.mean().item() == pytest.approx(20.75, abs=0.03)
+    with pytest.raises(ValueError, match="euclid noise needs the instrument"):
+        noise.apply(torch.ones(2, 512), None)
+    with pytest.raises(ValueError, match="magnitude must be"):
+        zfast.NoiseModel("euclid", magnitude=(23.0, 19.0))

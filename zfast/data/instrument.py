@@ -15,6 +15,14 @@ Conventions (written once here):
 * White noise: per spectrum, SNR is drawn log-uniform in ``snr`` (lo, hi) (a fixed SNR when lo == hi). SNR is
   per pixel on the continuum: σ = continuum level / SNR, the same σ in every pixel of that spectrum, so a
   spectrum of constant flux has exactly that SNR in every pixel and a line above it has more.
+* Euclid noise ("euclid"): the sky-dominated regime of the NISP red grism, with its background and throughput
+  taken flat across the band (an assumption: refine with the instrument's sensitivity curve), so σ is the same
+  in every pixel in physical units. Its level follows the Euclid wide survey's line-flux limit: a line of
+  F = 2e-16 erg s⁻¹ cm⁻² spread over two resolution elements (n = 2·FWHM/Δλ pixels) has SNR 3.5, i.e.
+  σ_f = F / (3.5 · Δλ · √n) erg s⁻¹ cm⁻² Å⁻¹ per pixel (1.85e-18 for NISP: Δλ = 13.4 Å, FWHM = 35.6 Å). Library
+  SEDs are normalised, so each spectrum is given a brightness: an AB magnitude drawn uniformly in ``magnitude``
+  sets its mean f_λ over the band (f_λ = f_ν·c/λ² at the band's centre), and σ in the spectrum's own units is
+  σ_f × (its mean flux / that f_λ). The continuum SNR per pixel is then f_λ(m)/σ_f (0.9 at m = 21 on NISP).
 * Inverse variance: 1/σ² per pixel; with no noise it is +inf (the flux is exact).
 """
 
@@ -29,28 +37,46 @@ import torch
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
+EUCLID_LINE_FLUX_LIMIT = 2e-16  # erg s⁻¹ cm⁻², at SNR 3.5 over two resolution elements
+EUCLID_LINE_SNR_AT_LIMIT = 3.5
+SPEED_OF_LIGHT_ANGSTROM = 2.99792458e18  # Å/s
+
+
 @dataclass(frozen=True)
 class NoiseModel:
-    """``kind`` "none" or "white"; for white noise, ``snr`` = (lo, hi), drawn log-uniform per spectrum."""
+    """``kind`` "none", "white" (``snr`` = (lo, hi), drawn log-uniform per spectrum) or "euclid" (``magnitude``
+    = (lo, hi) AB, drawn uniform per spectrum; needs an instrument with an LSF). See the module docstring."""
 
     kind: str = "none"
     snr: tuple = (3.0, 30.0)
+    magnitude: tuple = (19.0, 22.5)
 
     def __post_init__(self):
-        if self.kind not in ("none", "white"):
-            raise ValueError(f'noise kind must be "none" or "white", got {self.kind!r}')
+        if self.kind not in ("none", "white", "euclid"):
+            raise ValueError(f'noise kind must be "none", "white" or "euclid", got {self.kind!r}')
         lo, hi = self.snr
         if not (0 < lo <= hi < math.inf):
             raise ValueError(f"snr must be (lo, hi) with 0 < lo <= hi < inf, got {self.snr}")
+        lo, hi = self.magnitude
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ValueError(f"magnitude must be (lo, hi) with lo <= hi, got {self.magnitude}")
 
-    def apply(self, flux: torch.Tensor, generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(self, flux: torch.Tensor, generator: Optional[torch.Generator],
+              instrument: Optional["Instrument"] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy flux, inverse variance), both [B, M] like ``flux``; no host synchronisation."""
         if self.kind == "none":
             return flux, torch.full_like(flux, math.inf)
-        lo, hi = self.snr
         u = torch.rand(flux.shape[0], 1, generator=generator, device=flux.device, dtype=flux.dtype)
-        snr = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-        sigma = continuum_level(flux) / snr
+        if self.kind == "white":
+            lo, hi = self.snr
+            snr = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+            sigma = continuum_level(flux) / snr
+        else:
+            if instrument is None or instrument.lsf_fwhm is None:
+                raise ValueError("euclid noise needs the instrument (with an LSF) that observed the spectra")
+            lo, hi = self.magnitude
+            magnitude = lo + u * (hi - lo)
+            sigma = instrument.euclid_sigma() * flux.mean(dim=1, keepdim=True).abs() / instrument.ab_flux_density(magnitude)
         noise = torch.randn(flux.shape, generator=generator, device=flux.device, dtype=flux.dtype)
         ivar = (1.0 / sigma.square()).expand_as(flux)
         return flux + sigma * noise, ivar
@@ -143,11 +169,23 @@ class Instrument:
         weights = kernel.flip(0).expand(flux.shape[0], 1, kernel.numel())
         return torch.nn.functional.conv1d(padded[None], weights, groups=flux.shape[0])[0]
 
+    def euclid_sigma(self) -> float:
+        """σ_f per pixel (erg s⁻¹ cm⁻² Å⁻¹) at which a 2e-16 erg s⁻¹ cm⁻² line over two resolution elements has
+        SNR 3.5 (see the module docstring)."""
+        pixel = (self.wave_edges[1] - self.wave_edges[0]).item()
+        n_pixels = 2.0 * self.lsf_fwhm / pixel
+        return EUCLID_LINE_FLUX_LIMIT / (EUCLID_LINE_SNR_AT_LIMIT * pixel * math.sqrt(n_pixels))
+
+    def ab_flux_density(self, magnitude):
+        """f_λ (erg s⁻¹ cm⁻² Å⁻¹) of a source of AB magnitude ``magnitude`` at the band's centre wavelength."""
+        centre = 0.5 * (self.wave_edges[0] + self.wave_edges[-1]).item()
+        return 10.0 ** (-(magnitude + 48.6) / 2.5) * SPEED_OF_LIGHT_ANGSTROM / centre**2
+
     def observe(self, flux: torch.Tensor, generator: Optional[torch.Generator] = None):
         """(flux, ivar), each [B, M]: noiseless spectra on this instrument's pixels through the LSF and noise."""
         if flux.dim() != 2 or flux.shape[1] != self.n_pixels:
             raise ValueError(f"flux must be [B, {self.n_pixels}] on this instrument's pixels, got {tuple(flux.shape)}")
-        return self.noise.apply(self.convolve_lsf(flux), generator)
+        return self.noise.apply(self.convolve_lsf(flux), generator, self)
 
 
 def continuum_level(flux: torch.Tensor) -> torch.Tensor:
