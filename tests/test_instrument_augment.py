@@ -208,3 +208,23 @@ def test_euclid_noise_magnitudes_are_drawn_uniformly_and_need_the_instrument():
         noise.apply(torch.ones(2, 512), None)
     with pytest.raises(ValueError, match="magnitude must be"):
         zfast.NoiseModel("euclid", magnitude=(23.0, 19.0))
+
+
+def test_user_z_prior_is_followed(generator):
+    library = random_library(generator, n_seds=10)
+    edges = torch.tensor([1.0, 1.2, 1.4, 1.8], dtype=torch.float64)
+    weights = torch.tensor([1.0, 0.0, 3.0])
+    pipeline = zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red"), split=torch.arange(10),
+                                      batch_size=20000, seed=4, z_prior=(edges, weights))  # fmt: skip
+    _, _, z, _ = next(pipeline)
+    assert z.min() >= 1.0 and z.max() < 1.8
+    assert not ((z >= 1.2) & (z < 1.4)).any()
+    assert ((z >= 1.4).double().mean().item()) == pytest.approx(0.75, abs=0.01)
+    inside = z[z >= 1.4]
+    assert inside.mean().item() == pytest.approx(1.6, abs=0.005)  # uniform within the bin
+    with pytest.raises(ValueError, match="must lie within z_range"):
+        zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red"), split=torch.arange(10),
+                               z_prior=(torch.tensor([0.5, 1.5]), torch.tensor([1.0])))  # fmt: skip
+    with pytest.raises(ValueError, match="weights must be finite"):
+        zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red"), split=torch.arange(10),
+                               z_prior=(edges, torch.tensor([0.0, 0.0, 0.0])))  # fmt: skip

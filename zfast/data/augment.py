@@ -52,6 +52,9 @@ class AugmentedSpectra:
             or an explicit tensor of SED indices.
         batch_size (int): spectra per batch. seed (int): seeds the draws (SED, z, noise).
         fractions, split_seed: how the library is split (see ``split_by_sed``).
+        z_prior (tuple, optional): a user prior instead of the uniform draw: (edges [K+1], weights [K]), a
+            piecewise-constant density over z bins (weights >= 0, any normalisation) within ``z_range``; z is
+            drawn by picking a bin with probability ∝ weight, then uniformly inside it.
 
     flux and ivar are float32 and normalised per spectrum (``normalise``); z is float64 (exact labels);
     sed_index is int64.
@@ -67,6 +70,7 @@ class AugmentedSpectra:
         seed: int = 0,
         fractions: tuple = (0.8, 0.1, 0.1),
         split_seed: int = 0,
+        z_prior: Optional[tuple] = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -87,7 +91,20 @@ class AugmentedSpectra:
         self.sed_indices = indices.to(self.device)
         library.check_coverage(instrument.wave_edges, self.z_range)
         self.wave_edges = instrument.wave_edges.to(self.device)
+        self.z_prior = None if z_prior is None else self._check_prior(z_prior)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def _check_prior(self, z_prior) -> tuple:
+        edges, weights = (torch.as_tensor(x, dtype=torch.float64) for x in z_prior)
+        if edges.dim() != 1 or weights.shape != (edges.numel() - 1,) or weights.numel() < 1:
+            raise ValueError(f"z_prior must be (edges [K+1], weights [K]), got shapes {tuple(edges.shape)} and {tuple(weights.shape)}")
+        if not bool((edges[1:] > edges[:-1]).all()) or not bool(torch.isfinite(edges).all()):
+            raise ValueError("z_prior edges must be finite and strictly increasing")
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or not weights.sum() > 0:
+            raise ValueError("z_prior weights must be finite, >= 0 and not all 0")
+        if edges[0] < self.z_range[0] or edges[-1] > self.z_range[1]:
+            raise ValueError(f"z_prior edges {edges[0].item():.4g}-{edges[-1].item():.4g} must lie within z_range {self.z_range}")
+        return edges.to(self.device), (weights / weights.sum()).to(self.device)
 
     def __iter__(self):
         return self
@@ -100,8 +117,14 @@ class AugmentedSpectra:
         g = self.generator
         pick = torch.randint(0, self.sed_indices.numel(), (n_spectra,), generator=g, device=self.device)
         sed_index = self.sed_indices[pick]
-        z_lo, z_hi = self.z_range
-        z = z_lo + (z_hi - z_lo) * torch.rand(n_spectra, generator=g, device=self.device, dtype=torch.float64)
+        u = torch.rand(n_spectra, generator=g, device=self.device, dtype=torch.float64)
+        if self.z_prior is None:
+            z_lo, z_hi = self.z_range
+            z = z_lo + (z_hi - z_lo) * u
+        else:
+            edges, weights = self.z_prior
+            k = torch.multinomial(weights, n_spectra, replacement=True, generator=g)
+            z = edges[k] + u * (edges[k + 1] - edges[k])
         # Validated once at construction (split indices, coverage of z_range): no host sync per batch.
         spectra = self.library.redshift_resample(sed_index, z, self.wave_edges, check=False)
         flux, ivar = self.instrument.observe(spectra, g)
