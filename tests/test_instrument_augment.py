@@ -228,3 +228,19 @@ def test_user_z_prior_is_followed(generator):
     with pytest.raises(ValueError, match="weights must be finite"):
         zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red"), split=torch.arange(10),
                                z_prior=(edges, torch.tensor([0.0, 0.0, 0.0])))  # fmt: skip
+
+
+def test_splits_round_trip_through_a_file(tmp_path):
+    from zfast.data import load_splits, save_splits
+
+    split = zfast.split_by_sed(1000, seed=11)
+    save_splits(tmp_path / "splits.json", split, n_seds=1000, seed=11, library="default")
+    loaded = load_splits(tmp_path / "splits.json")
+    assert loaded["seed"] == 11 and loaded["library"] == "default"
+    for name in ("train", "val", "test"):
+        assert torch.equal(loaded[name], split[name])
+    overlapping = {"train": [0, 1], "val": [1], "test": [2]}
+    save_splits(tmp_path / "bad.json", overlapping)
+    with pytest.raises(ValueError, match="overlap"):
+        load_splits(tmp_path / "bad.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "splits.json"]

@@ -12,7 +12,10 @@ the network never saw in training.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import pathlib
 from typing import Optional, Union
 
 import torch
@@ -39,6 +42,30 @@ def split_by_sed(n_seds: int, fractions: tuple = (0.8, 0.1, 0.1), seed: int = 0)
     n_train = n_seds - n_val - n_test
     parts = torch.split(order, [n_train, n_val, n_test])
     return {name: part.sort().values for name, part in zip(SPLITS, parts)}
+
+
+def save_splits(path, splits: dict, **provenance) -> None:
+    """Write a split (``split_by_sed``'s dict) as JSON, with any provenance given (e.g. n_seds, fractions,
+    seed, the library's path), atomically: a run folder holds the exact SEDs each set used."""
+    record = dict(provenance)
+    record.update({name: [int(i) for i in torch.as_tensor(splits[name]).tolist()] for name in SPLITS})
+    path = pathlib.Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(record, indent=1))
+    os.replace(temporary, path)
+
+
+def load_splits(path) -> dict:
+    """Read ``save_splits``' file: {"train", "val", "test"} → int64 tensors (checked disjoint) + provenance."""
+    record = json.loads(pathlib.Path(path).read_text())
+    missing = [name for name in SPLITS if name not in record]
+    if missing:
+        raise ValueError(f"{path}: not a split file, missing {missing}")
+    splits = {name: torch.tensor(record.pop(name), dtype=torch.int64) for name in SPLITS}
+    union = torch.cat(list(splits.values()))
+    if union.unique().numel() != union.numel():
+        raise ValueError(f"{path}: the train/val/test SED indices overlap")
+    return {**record, **splits}
 
 
 class AugmentedSpectra:
