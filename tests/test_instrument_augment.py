@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import zfast
-from conftest import log_uniform_centres, random_library
+from conftest import log_uniform_centres, random_library, requires_cuda
 
 
 def line_library(line=6564.61, sigma=0.2, continuum=0.0):
@@ -244,3 +244,15 @@ def test_splits_round_trip_through_a_file(tmp_path):
     with pytest.raises(ValueError, match="overlap"):
         load_splits(tmp_path / "bad.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "splits.json"]
+
+
+@requires_cuda
+def test_pipeline_runs_on_the_gpu(generator):
+    library = random_library(generator, n_seds=20).to("cuda")
+    nisp = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("euclid"))
+    first = zfast.AugmentedSpectra(library, nisp, batch_size=64, seed=3)
+    flux, ivar, z, sed_index = next(first)
+    assert all(t.device.type == "cuda" for t in (flux, ivar, z, sed_index))
+    assert torch.isfinite(flux).all() and torch.isfinite(ivar).all()
+    again = next(zfast.AugmentedSpectra(library, nisp, batch_size=64, seed=3))
+    assert torch.equal(flux, again[0])
