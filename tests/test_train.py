@@ -1,0 +1,98 @@
+"""zfast-train end to end on tiny settings: files of a run, resume equals an uninterrupted run, estimators."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from zfast import train
+
+TINY = ["--steps", "6", "--eval-every", "3", "--n-val", "64", "--n-test", "96", "--batch-size", "32",
+        "--n-bins", "80", "--device", "cpu"]  # fmt: skip
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    for field in train.dataclasses.fields(train.TrainConfig):
+        assert "--" + field.name.replace("_", "-") in text
+
+
+def test_a_run_writes_its_folder(tmp_path):
+    out = tmp_path / "run"
+    assert train.main(["--preset", "quick", *TINY, "--out", str(out)]) == 0
+    for name in ("config.json", "splits.json", "last.pt", "best.pt", "metrics.csv", "metrics.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["steps"] == 6 and config["model"] == "resnet1d"
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,train_loss") and [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
+    results = json.loads((out / "metrics.json").read_text())["test"]
+    assert results["all"]["n"] == 96 and {"sigma_nmad", "outlier_01", "coverage68"} <= set(results["all"])
+    assert {"ew<20", "ew>=20"} <= set(results)
+    assert sorted(p.name for p in (out / "plots").iterdir()) == sorted(
+        ["z_true_vs_pred.png", "dz_histogram.png", "learning_curves.png", "pz_examples.png", "pit_histogram.png"]
+    )
+
+
+def test_resume_continues_as_if_never_stopped(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train.main([*TINY, "--out", str(straight)])
+    stopped = tmp_path / "stopped"
+    original = train.training_loss
+
+    def loss_then_stop(c, output, z, edges, step):
+        if step == 2:  # the third step: ask to stop, as a scheduler's SIGTERM would
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(c, output, z, edges, step)
+
+    monkeypatch.setattr(train, "training_loss", loss_then_stop)
+    train.main([*TINY, "--out", str(stopped)])
+    assert torch.load(stopped / "last.pt", weights_only=True)["step"] == 3
+    assert not (stopped / "metrics.json").exists()
+    monkeypatch.setattr(train, "training_loss", original)
+    train.main(["--resume", str(stopped)])
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(stopped / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert (stopped / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+
+
+@pytest.mark.parametrize("estimator", ["regression", "distribution"])
+def test_other_estimators_train(tmp_path, estimator):
+    out = tmp_path / estimator
+    train.main([*TINY, "--estimator", estimator, "--model", "paper-cnn", "--out", str(out)])
+    results = json.loads((out / "metrics.json").read_text())["test"]["all"]
+    assert results["n"] == 96 and results["mae"] == results["mae"]  # finite
+    assert ("coverage68" in results) == (estimator == "distribution")
+
+
+def test_distribution_schedule_goes_from_wide_js_only_to_the_final_setting():
+    c = train.TrainConfig(estimator="distribution", steps=100, n_bins=800)
+    sigma0, lam0 = train.distribution_schedule(c, 0)
+    sigma_end, lam_end = train.distribution_schedule(c, 50)
+    assert lam0 == 0.0 and lam_end == pytest.approx(0.15)
+    assert sigma0 == pytest.approx(4 * sigma_end) and sigma_end == pytest.approx(1.5 * 0.001)
+    assert train.distribution_schedule(c, 100) == (sigma_end, lam_end)
+
+
+def test_bad_checkpoints_and_configs_give_clear_errors(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(SystemExit, match="not a readable zfast checkpoint"):
+        train.main(["--resume", str(tmp_path)])
+    torch.save({"version": 99}, tmp_path / "last.pt")
+    with pytest.raises(SystemExit, match="not a zfast checkpoint of version 1"):
+        train.main(["--resume", str(tmp_path)])
+    with pytest.raises(SystemExit, match="bad configuration: estimator 'ranking'"):
+        train.main(["--estimator", "ranking", "--out", str(tmp_path / "x")])
+    config = tmp_path / "run.toml"
+    config.write_text('steps = 5\nlearning_rate = 1.0\n')
+    with pytest.raises(SystemExit, match=r"unknown settings \['learning_rate'\]"):
+        train.main(["--config", str(config)])

@@ -1,0 +1,386 @@
+"""zfast-train: train a redshift estimator on on-the-fly augmented spectra, evaluate it, checkpoint, resume.
+
+    zfast-train --preset quick                  # the built-in library, ~3 minutes on 2 CPU cores
+    zfast-train --config run.toml --steps 5000  # a TOML file of TrainConfig fields, then CLI overrides
+    zfast-train --resume runs/quick             # continue a stopped run exactly where it stopped
+
+Every option is a field of ``TrainConfig`` (``zfast-train --help`` lists them with their defaults). A run folder
+holds: config.json (the resolved configuration), splits.json (the SEDs of each set), last.pt and best.pt
+(checkpoints, written atomically; best by validation σ_NMAD), metrics.csv (one row per evaluation),
+metrics.json (the final test metrics, overall and per noise level and EW(Hα) bin) and plots/*.png.
+Checkpoints are loaded with ``torch.load(weights_only=True)``: they hold tensors and plain values only.
+SIGTERM/SIGINT save a checkpoint and exit cleanly.
+
+The three estimators share one definition of the redshift bins (zfast.bins):
+* regression: one output, MSE on the scaled z of ``z_to_target``;
+* classification: ``n_bins`` logits, cross-entropy on ``z_to_bin`` (the paper: 800 bins of 0.001, or 80);
+* distribution: ``n_bins`` logits, ``jsd_entropy`` against Gaussian ``soft_labels``. By default it starts with
+  JS alone against wide labels (4x the final σ) and narrows them and ramps the entropy weight in over the first
+  half of training: from step 0, 0.85·JS + 0.15·H against narrow labels collapses P to a spike away from Q
+  (FACTS.md); JS alone trains. λ1 = 0.85, λ2 = 0.15 are the settings reached after the ramp.
+The point estimate of the binned heads is the mode refined over its neighbours (``pz_summary``), with the 68 %
+and 95 % intervals and the PIT from P(z).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .bins import pz_summary, redshift_bin_edges, soft_labels, target_to_z, z_to_bin, z_to_target
+from .data import AugmentedSpectra, Instrument, NoiseModel, SEDLibrary, save_splits, split_by_sed
+from .models import build_model
+from .ops.jsd_entropy import jsd_entropy
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run, with its default."""
+
+    library: str = field(default="default", metadata={"help": '"default" (built in) or an SED library file'})
+    instrument: str = field(default="euclid-nisp-red", metadata={"help": "instrument preset: euclid-nisp-red, paper"})
+    noise: str = field(default="white", metadata={"help": "noise model: none, white, euclid"})
+    snr_min: float = field(default=3.0, metadata={"help": "white noise: lowest per-pixel continuum SNR"})
+    snr_max: float = field(default=30.0, metadata={"help": "white noise: highest SNR (log-uniform draws)"})
+    z_min: float = field(default=1.0, metadata={"help": "lowest redshift drawn (and first bin edge)"})
+    z_max: float = field(default=1.8, metadata={"help": "redshifts are drawn below this (last bin edge)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split by SED"})
+    model: str = field(default="resnet1d", metadata={"help": "network: resnet1d, paper-cnn"})
+    estimator: str = field(default="classification", metadata={"help": "regression, classification, distribution"})
+    n_bins: int = field(default=800, metadata={"help": "redshift bins of the binned estimators"})
+    label_sigma_bins: float = field(default=1.5, metadata={"help": "distribution: soft-label σ, in bins"})
+    label_start_factor: float = field(default=4.0, metadata={"help": "distribution: initial label σ / final σ"})
+    lambda_js: float = field(default=0.85, metadata={"help": "distribution: weight of JS(P, Q)"})
+    lambda_ent: float = field(default=0.15, metadata={"help": "distribution: weight of H(P), reached after the ramp"})
+    schedule_fraction: float = field(default=0.5, metadata={"help": "distribution: share of steps for the label/entropy ramp"})
+    batch_size: int = field(default=256, metadata={"help": "spectra per step"})
+    steps: int = field(default=2000, metadata={"help": "optimisation steps"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW, one-cycle schedule)"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    eval_every: int = field(default=250, metadata={"help": "steps between validation passes (and checkpoints)"})
+    n_val: int = field(default=2048, metadata={"help": "fixed validation spectra"})
+    n_test: int = field(default=4096, metadata={"help": "fixed test spectra"})
+    seed: int = field(default=0, metadata={"help": "seed of the model and of the training draws"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    out: str = field(default="runs/zfast", metadata={"help": "run folder"})
+
+
+PRESETS = {
+    # ~3 minutes on 2 CPU cores with the built-in library.
+    "quick": dict(model="resnet1d", estimator="classification", n_bins=800, steps=900, eval_every=150, n_val=1024,
+                  n_test=2048, out="runs/quick"),  # fmt: skip
+    # The talk's protocol: a 10K library from `zfast-sed build --n 10000`, the paper's CNN.
+    "paper": dict(library="lib.h5", model="paper-cnn", estimator="classification", n_bins=800, steps=20000,
+                  batch_size=32, lr=1e-4, eval_every=1000, out="runs/paper"),  # fmt: skip
+}
+
+
+# --- configuration ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zfast-train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (then --config, then options)")
+    parser.add_argument("--config", help="a TOML file of TrainConfig fields")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    for f in dataclasses.fields(TrainConfig):
+        name = "--" + f.name.replace("_", "-")
+        if f.type == "bool" or isinstance(f.default, bool):
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"] + f" (default {f.default})")
+        else:
+            parser.add_argument(name, type=type(f.default), default=None, help=f.metadata["help"] + f" (default {f.default})")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    values = dataclasses.asdict(TrainConfig())
+    if args.preset:
+        values.update(PRESETS[args.preset])
+    if args.config:
+        try:
+            import tomllib
+        except ImportError as error:  # Python < 3.11
+            raise SystemExit("--config needs Python >= 3.11 (tomllib)") from error
+        with open(args.config, "rb") as stream:
+            from_file = tomllib.load(stream)
+        unknown = sorted(set(from_file) - set(values))
+        if unknown:
+            raise SystemExit(f"{args.config}: unknown settings {unknown}; see zfast-train --help")
+        values.update(from_file)
+    for name in values:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    config = TrainConfig(**values)
+    check_config(config)
+    return config
+
+
+def check_config(c: TrainConfig) -> None:
+    problems = []
+    if c.estimator not in ("regression", "classification", "distribution"):
+        problems.append(f"estimator {c.estimator!r}")
+    if c.noise not in ("none", "white", "euclid"):
+        problems.append(f"noise {c.noise!r}")
+    for name in ("steps", "batch_size", "eval_every", "n_val", "n_test", "n_bins"):
+        if getattr(c, name) < 1:
+            problems.append(f"{name} must be >= 1")
+    if not (0 <= c.z_min < c.z_max):
+        problems.append("need 0 <= z_min < z_max")
+    if problems:
+        raise SystemExit("bad configuration: " + "; ".join(problems))
+
+
+# --- pieces -----------------------------------------------------------------------------------------------
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_library(name: str) -> SEDLibrary:
+    return SEDLibrary.default() if name == "default" else SEDLibrary.load(name)
+
+
+def make_instrument(c: TrainConfig) -> Instrument:
+    return Instrument.preset(c.instrument, NoiseModel(c.noise, snr=(c.snr_min, c.snr_max)))
+
+
+def distribution_schedule(c: TrainConfig, step: int) -> tuple[float, float]:
+    """(soft-label σ in z, entropy weight) at ``step``: wide labels and JS alone first, then geometric narrowing
+    of σ and a linear ramp of λ_ent over ``schedule_fraction`` of the steps."""
+    progress = min(1.0, step / max(1.0, c.schedule_fraction * c.steps))
+    width = (c.z_max - c.z_min) / c.n_bins
+    sigma = c.label_sigma_bins * width * c.label_start_factor ** (1.0 - progress)
+    return sigma, c.lambda_ent * progress
+
+
+def training_loss(c: TrainConfig, output: torch.Tensor, z: torch.Tensor, edges: torch.Tensor, step: int) -> torch.Tensor:
+    if c.estimator == "regression":
+        return torch.nn.functional.mse_loss(output[:, 0], z_to_target(z, edges).to(output.dtype))
+    if c.estimator == "classification":
+        return torch.nn.functional.cross_entropy(output, z_to_bin(z, edges))
+    sigma, lambda_ent = distribution_schedule(c, step)
+    target = soft_labels(z, edges, sigma).to(output.dtype)
+    return jsd_entropy(output, target, c.lambda_js, lambda_ent)
+
+
+@torch.no_grad()
+def predict(model, c: TrainConfig, flux: torch.Tensor, edges: torch.Tensor, chunk: int = 1024) -> dict:
+    """z (and for binned heads P(z), intervals) for a fixed set, in chunks."""
+    model.eval()
+    outputs = torch.cat([model(flux[i:i + chunk]).float() for i in range(0, flux.shape[0], chunk)])
+    model.train()
+    if c.estimator == "regression":
+        return {"z": target_to_z(outputs[:, 0].double(), edges)}
+    probs = torch.softmax(outputs.double(), dim=1)
+    summary = pz_summary(probs, edges)
+    return {"z": summary.z_mode, "probs": probs, "summary": summary}
+
+
+def evaluate(model, c: TrainConfig, data: tuple, edges: torch.Tensor) -> tuple[dict, dict]:
+    from .metrics import pit_values, redshift_metrics
+
+    flux, _, z, _ = data
+    prediction = predict(model, c, flux, edges)
+    z_true = z.double().cpu()
+    extra = {}
+    if "summary" in prediction:
+        s = prediction["summary"]
+        extra = dict(lo68=s.lo68.cpu(), hi68=s.hi68.cpu(), lo95=s.lo95.cpu(), hi95=s.hi95.cpu(),
+                     pit=pit_values(prediction["probs"].cpu(), edges.cpu(), z_true))  # fmt: skip
+    return redshift_metrics(z_true, prediction["z"].cpu(), **extra), prediction
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically: a temporary file beside ``path``, fsync, then rename (a kill never leaves half a file)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as stream:
+        torch.save(state, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt, truncated or not a checkpoint
+        raise SystemExit(f"{path}: not a readable zfast checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise SystemExit(f"{path}: not a zfast checkpoint of version {CHECKPOINT_VERSION}")
+    return state
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+class StopRequested:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def run(c: TrainConfig, resume_state: Optional[dict] = None) -> dict:
+    device = pick_device(c.device)
+    out = Path(c.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=1))
+    torch.manual_seed(c.seed)
+
+    library = load_library(c.library).to(device)
+    instrument = make_instrument(c)
+    splits = split_by_sed(len(library), seed=c.split_seed)
+    save_splits(out / "splits.json", splits, n_seds=len(library), seed=c.split_seed, library=c.library)
+    train = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), "train", c.batch_size, c.seed, split_seed=c.split_seed)
+    val = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), "val", c.batch_size, split_seed=c.split_seed).fixed_set(c.n_val, seed=10_000 + c.split_seed)
+    edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
+
+    model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=c.lr, total_steps=c.steps, pct_start=0.1)
+    step, best = 0, math.inf
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimiser.load_state_dict(resume_state["optimiser"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        train.load_state_dict({"generator": resume_state["augment_generator"]})
+        torch.set_rng_state(resume_state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in resume_state:
+            torch.cuda.set_rng_state(resume_state["cuda_rng"], device)
+        step, best = int(resume_state["step"]), float(resume_state["best"])
+    forward = torch.compile(model) if c.compile else model
+
+    def state() -> dict:
+        payload = dict(version=CHECKPOINT_VERSION, config=dataclasses.asdict(c), model=model.state_dict(),
+                       optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict(), step=step, best=best,
+                       augment_generator=train.state_dict()["generator"], torch_rng=torch.get_rng_state())  # fmt: skip
+        if device.type == "cuda":
+            payload["cuda_rng"] = torch.cuda.get_rng_state(device)
+        return payload
+
+    metrics_csv = out / "metrics.csv"
+    columns = ["step", "train_loss", "val_loss", "val_mae", "val_sigma_nmad", "val_outlier_003", "val_outlier_01", "lr"]
+    if not metrics_csv.exists():
+        metrics_csv.write_text(",".join(columns) + "\n")
+    stop = StopRequested()
+    interactive = sys.stderr.isatty()
+    running_loss, seen, started = 0.0, 0, time.perf_counter()
+    try:
+        while step < c.steps and not stop.requested:
+            flux, _, z, _ = next(train)
+            loss = training_loss(c, forward(flux), z, edges, step)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            step += 1
+            running_loss += loss.item()
+            seen += 1
+            if interactive:
+                rate = seen * c.batch_size / (time.perf_counter() - started)
+                print(f"\rstep {step}/{c.steps}  loss {running_loss / seen:.4f}  {rate:,.0f} spectra/s", end="", file=sys.stderr)
+            if step % c.eval_every == 0 or step == c.steps:
+                metrics, _ = evaluate(model, c, val, edges)
+                with torch.no_grad():
+                    model.eval()
+                    val_loss = training_loss(c, model(val[0]), val[2], edges, step).item()
+                    model.train()
+                row = [step, running_loss / seen, val_loss, metrics["mae"], metrics["sigma_nmad"],
+                       metrics["outlier_003"], metrics["outlier_01"], scheduler.get_last_lr()[0]]  # fmt: skip
+                with open(metrics_csv, "a", newline="") as stream:
+                    csv.writer(stream).writerow(row)
+                line = "  ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in zip(columns, row))
+                print(("\n" if interactive else "") + line, file=sys.stderr)
+                running_loss, seen, started = 0.0, 0, time.perf_counter()
+                if metrics["sigma_nmad"] < best:
+                    best = metrics["sigma_nmad"]
+                    save_checkpoint(out / "best.pt", state())
+                save_checkpoint(out / "last.pt", state())
+        save_checkpoint(out / "last.pt", state())
+    finally:
+        stop.restore()
+    if stop.requested:
+        print(f"\nstopped at step {step}: checkpoint saved to {out / 'last.pt'}", file=sys.stderr)
+        return {"stopped_at": step}
+    return finish(c, out, model, instrument, library, edges)
+
+
+def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict:
+    """Test metrics with the best checkpoint, overall and per noise level / EW(Hα) bin; plots."""
+    from . import plots
+    from .metrics import grouped_metrics, ew_groups, pit_values, snr_groups
+
+    best = load_checkpoint(out / "best.pt" if (out / "best.pt").exists() else out / "last.pt")
+    model.load_state_dict(best["model"])
+    data = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), "test", c.batch_size, split_seed=c.split_seed)
+    flux, ivar, z, sed_index = data.fixed_set(c.n_test, seed=20_000 + c.split_seed)
+    prediction = predict(model, c, flux, edges)
+    z_true, z_pred = z.double().cpu(), prediction["z"].cpu()
+    groups = {}
+    ew = library.params.get("ew_halpha")
+    if ew is not None:
+        groups.update(ew_groups(torch.as_tensor(ew)[sed_index.cpu()]))
+    if c.noise != "none":
+        snr = ivar[:, :1].sqrt().flatten().cpu()  # σ of the normalised continuum-1 spectrum is 1/SNR
+        groups.update(snr_groups(snr))
+    extra = {}
+    if "summary" in prediction:
+        s = prediction["summary"]
+        extra = dict(lo68=s.lo68.cpu(), hi68=s.hi68.cpu(), lo95=s.lo95.cpu(), hi95=s.hi95.cpu(),
+                     pit=pit_values(prediction["probs"].cpu(), edges.cpu(), z_true))  # fmt: skip
+    results = grouped_metrics(z_true, z_pred, groups, **extra)
+    strict = {group: {k: (v if math.isfinite(v) else None) for k, v in values.items()} for group, values in results.items()}
+    (out / "metrics.json").write_text(json.dumps({"step": best["step"], "test": strict}, indent=1, allow_nan=False))
+    figures = out / "plots"
+    figures.mkdir(exist_ok=True)
+    plots.plot_z_true_vs_pred(z_true, z_pred, figures / "z_true_vs_pred.png")
+    plots.plot_dz_histogram(z_true, z_pred, figures / "dz_histogram.png")
+    plots.plot_learning_curves(out / "metrics.csv", figures / "learning_curves.png")
+    if "probs" in prediction:
+        plots.plot_pz_examples(prediction["probs"][:6].cpu(), edges.cpu(), z_true[:6], figures / "pz_examples.png")
+        plots.plot_pit_histogram(extra["pit"], figures / "pit_histogram.png")
+    overall = results["all"]
+    print(f"test ({overall['n']} spectra, step {best['step']}): sigma_NMAD {overall['sigma_nmad']:.5f}  "
+          f"eta(>0.003) {overall['outlier_003']:.4f}  eta(>0.01) {overall['outlier_01']:.4f}  MAE {overall['mae']:.5f}  "
+          f"R2 {overall['r2']:.4f}  -> {out}", file=sys.stderr)  # fmt: skip
+    return results
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        state = load_checkpoint(Path(args.resume) / "last.pt")
+        config = TrainConfig(**state["config"])
+        run(config, resume_state=state)
+        return 0
+    run(resolve_config(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
