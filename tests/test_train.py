@@ -92,7 +92,42 @@ def test_bad_checkpoints_and_configs_give_clear_errors(tmp_path):
         train.main(["--resume", str(tmp_path)])
     with pytest.raises(SystemExit, match="bad configuration: estimator 'ranking'"):
         train.main(["--estimator", "ranking", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="batch_size must be >= 1"):
+        train.main(["--batch-size", "-4", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="too short for 1 <= z <= 3"):
+        train.main([*TINY, "--z-max", "3.0", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="no such SED library file"):
+        train.main([*TINY, "--library", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "huge"])
     config = tmp_path / "run.toml"
     config.write_text('steps = 5\nlearning_rate = 1.0\n')
     with pytest.raises(SystemExit, match=r"unknown settings \['learning_rate'\]"):
         train.main(["--config", str(config)])
+
+
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
+    """A run killed with SIGKILL (no chance to save) resumes from its last periodic checkpoint and ends with
+    exactly the weights of an uninterrupted run."""
+    import subprocess
+    import sys
+    import time
+
+    args = ["--steps", "60", "--eval-every", "3", "--n-val", "32", "--n-test", "32", "--batch-size", "16",
+            "--n-bins", "80", "--model", "paper-cnn", "--device", "cpu"]  # fmt: skip
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train.main([*args, "--out", str(straight)])
+    process = subprocess.Popen([sys.executable, "-m", "zfast.train", *args, "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (killed / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    step_at_kill = torch.load(killed / "last.pt", weights_only=True)["step"]
+    train.main(["--resume", str(killed)])
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(killed / "last.pt", weights_only=True)
+    assert b["step"] == 60 and 3 <= step_at_kill <= 60
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name

@@ -375,10 +375,13 @@ def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume:
         state = load_checkpoint(Path(args.resume) / "last.pt")
-        config = TrainConfig(**state["config"])
-        run(config, resume_state=state)
-        return 0
-    run(resolve_config(args))
+        config, resume_state = TrainConfig(**state["config"]), state
+    else:
+        config, resume_state = resolve_config(args), None
+    try:
+        run(config, resume_state=resume_state)
+    except (ValueError, FileNotFoundError, ImportError) as error:  # bad library, coverage, device: no traceback
+        raise SystemExit(f"zfast-train: {error}") from error
     return 0
 
 
