@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,3 +132,33 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     assert b["step"] == 60 and 3 <= step_at_kill <= 60
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_two_process_gloo_ddp_matches_one_process_trend(tmp_path):
+    import csv
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    args = ["--steps", "30", "--eval-every", "10", "--n-val", "64", "--n-test", "64", "--batch-size", "32",
+            "--n-bins", "80", "--model", "paper-cnn", "--device", "cpu"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    train.main([*args, "--out", str(one)])
+    result = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "zfast.train", *args, "--out", str(two)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def val_losses(run):
+        with open(run / "metrics.csv") as stream:
+            return [float(row["val_loss"]) for row in csv.DictReader(stream)]
+
+    a, b = val_losses(one), val_losses(two)
+    assert len(a) == len(b) == 3
+    assert a[-1] < a[0] and b[-1] < b[0]  # both learn
+    assert abs(b[-1] - a[-1]) < 0.25 * a[-1]  # the same trend (2 processes see twice the spectra per step)
+    state = torch.load(two / "last.pt", weights_only=True)
+    assert state["augment_generators"].shape[0] == 2  # every rank's stream is in the checkpoint
+    assert not torch.equal(state["augment_generators"][0], state["augment_generators"][1])
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    assert (two / "metrics.json").is_file()

@@ -245,18 +245,62 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
-def run(c: TrainConfig, resume_state: Optional[dict] = None) -> dict:
+def setup_distributed(c: TrainConfig) -> tuple[torch.device, int, int]:
+    """(device, rank, world size). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on GPUs (one per
+    local rank), gloo on the CPU."""
     device = pick_device(c.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return device, 0, 1
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank(), world
+
+
+def _gather_rows(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """[world, ...]: ``tensor`` of every rank (CPU byte tensors such as RNG states), stacked."""
+    if world == 1:
+        return tensor[None]
+    import torch.distributed as dist
+
+    on_gpu = dist.get_backend() == "nccl"  # NCCL moves CUDA tensors only
+    local = tensor.cuda() if on_gpu else tensor
+    rows = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(rows, local)
+    return torch.stack(rows).cpu()
+
+
+def run(c: TrainConfig, resume_state: Optional[dict] = None) -> dict:
+    device, rank, world = setup_distributed(c)
+    try:
+        return _run(c, resume_state, device, rank, world)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(c: TrainConfig, resume_state: Optional[dict], device: torch.device, rank: int, world: int) -> dict:
+    main_rank = rank == 0
     out = Path(c.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=1))
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dict(dataclasses.asdict(c), world_size=world), indent=1))
     torch.manual_seed(c.seed)
 
     library = load_library(c.library).to(device)
     instrument = make_instrument(c)
     splits = split_by_sed(len(library), seed=c.split_seed)
-    save_splits(out / "splits.json", splits, n_seds=len(library), seed=c.split_seed, library=c.library)
-    train = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), "train", c.batch_size, c.seed, split_seed=c.split_seed)
+    if main_rank:
+        save_splits(out / "splits.json", splits, n_seds=len(library), seed=c.split_seed, library=c.library)
+    # Each rank draws its own stream, seeded from (seed, rank).
+    train = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), "train", c.batch_size, c.seed + 7919 * rank,
+                             split_seed=c.split_seed)  # fmt: skip
     val = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), "val", c.batch_size, split_seed=c.split_seed).fixed_set(c.n_val, seed=10_000 + c.split_seed)
     edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
 
@@ -265,33 +309,48 @@ def run(c: TrainConfig, resume_state: Optional[dict] = None) -> dict:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=c.lr, total_steps=c.steps, pct_start=0.1)
     step, best = 0, math.inf
     if resume_state is not None:
+        generators = resume_state["augment_generators"]
+        if generators.shape[0] != world:
+            raise ValueError(f"the checkpoint was written by {generators.shape[0]} processes; resume it with as many, not {world}")
         model.load_state_dict(resume_state["model"])
         optimiser.load_state_dict(resume_state["optimiser"])
         scheduler.load_state_dict(resume_state["scheduler"])
-        train.load_state_dict({"generator": resume_state["augment_generator"]})
-        torch.set_rng_state(resume_state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in resume_state:
-            torch.cuda.set_rng_state(resume_state["cuda_rng"], device)
+        train.load_state_dict({"generator": generators[rank]})
+        torch.set_rng_state(resume_state["torch_rngs"][rank])
+        if device.type == "cuda" and "cuda_rngs" in resume_state:
+            torch.cuda.set_rng_state(resume_state["cuda_rngs"][rank], device)
         step, best = int(resume_state["step"]), float(resume_state["best"])
-    forward = torch.compile(model) if c.compile else model
+    forward = model
+    if world > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if c.compile:
+        forward = torch.compile(forward)
 
     def state() -> dict:
+        """The checkpoint (every rank must call it: the RNG states of all ranks are gathered)."""
         payload = dict(version=CHECKPOINT_VERSION, config=dataclasses.asdict(c), model=model.state_dict(),
                        optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict(), step=step, best=best,
-                       augment_generator=train.state_dict()["generator"], torch_rng=torch.get_rng_state())  # fmt: skip
+                       augment_generators=_gather_rows(train.state_dict()["generator"], world),
+                       torch_rngs=_gather_rows(torch.get_rng_state(), world))  # fmt: skip
         if device.type == "cuda":
-            payload["cuda_rng"] = torch.cuda.get_rng_state(device)
+            payload["cuda_rngs"] = _gather_rows(torch.cuda.get_rng_state(device), world)
         return payload
+
+    def checkpoint(*names: str) -> None:
+        payload = state()
+        if main_rank:
+            for name in names:
+                save_checkpoint(out / name, payload)
 
     metrics_csv = out / "metrics.csv"
     columns = ["step", "train_loss", "val_loss", "val_mae", "val_sigma_nmad", "val_outlier_003", "val_outlier_01", "lr"]
-    if not metrics_csv.exists():
+    if main_rank and not metrics_csv.exists():
         metrics_csv.write_text(",".join(columns) + "\n")
     stop = StopRequested()
-    interactive = sys.stderr.isatty()
-    running_loss, seen, started = 0.0, 0, time.perf_counter()
+    interactive = main_rank and sys.stderr.isatty()
+    running_loss, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
     try:
-        while step < c.steps and not stop.requested:
+        while step < c.steps and not _any_rank(stop.requested, world):
             flux, _, z, _ = next(train)
             loss = training_loss(c, forward(flux), z, edges, step)
             optimiser.zero_grad(set_to_none=True)
@@ -299,35 +358,62 @@ def run(c: TrainConfig, resume_state: Optional[dict] = None) -> dict:
             optimiser.step()
             scheduler.step()
             step += 1
-            running_loss += loss.item()
+            running_loss += loss.detach()  # no host sync per step
             seen += 1
-            if interactive:
-                rate = seen * c.batch_size / (time.perf_counter() - started)
-                print(f"\rstep {step}/{c.steps}  loss {running_loss / seen:.4f}  {rate:,.0f} spectra/s", end="", file=sys.stderr)
+            if interactive and step % 10 == 0:
+                rate = seen * c.batch_size * world / (time.perf_counter() - started)
+                print(f"\rstep {step}/{c.steps}  loss {running_loss.item() / seen:.4f}  {rate:,.0f} spectra/s", end="", file=sys.stderr)
             if step % c.eval_every == 0 or step == c.steps:
-                metrics, _ = evaluate(model, c, val, edges)
+                train_loss = _mean_over_ranks(running_loss, world).item() / seen
+                metrics, _ = evaluate(model, c, val, edges)  # identical weights and set on every rank
                 with torch.no_grad():
                     model.eval()
                     val_loss = training_loss(c, model(val[0]), val[2], edges, step).item()
                     model.train()
-                row = [step, running_loss / seen, val_loss, metrics["mae"], metrics["sigma_nmad"],
+                row = [step, train_loss, val_loss, metrics["mae"], metrics["sigma_nmad"],
                        metrics["outlier_003"], metrics["outlier_01"], scheduler.get_last_lr()[0]]  # fmt: skip
-                with open(metrics_csv, "a", newline="") as stream:
-                    csv.writer(stream).writerow(row)
-                line = "  ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in zip(columns, row))
-                print(("\n" if interactive else "") + line, file=sys.stderr)
-                running_loss, seen, started = 0.0, 0, time.perf_counter()
+                if main_rank:
+                    with open(metrics_csv, "a", newline="") as stream:
+                        csv.writer(stream).writerow(row)
+                    line = "  ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in zip(columns, row))
+                    print(("\n" if interactive else "") + line, file=sys.stderr)
+                running_loss, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
                 if metrics["sigma_nmad"] < best:
                     best = metrics["sigma_nmad"]
-                    save_checkpoint(out / "best.pt", state())
-                save_checkpoint(out / "last.pt", state())
-        save_checkpoint(out / "last.pt", state())
+                    checkpoint("best.pt", "last.pt")
+                else:
+                    checkpoint("last.pt")
+        checkpoint("last.pt")
     finally:
         stop.restore()
-    if stop.requested:
-        print(f"\nstopped at step {step}: checkpoint saved to {out / 'last.pt'}", file=sys.stderr)
+    if step < c.steps:
+        if main_rank:
+            print(f"\nstopped at step {step}: checkpoint saved to {out / 'last.pt'}", file=sys.stderr)
         return {"stopped_at": step}
+    if not main_rank:
+        return {}
     return finish(c, out, model, instrument, library, edges)
+
+
+def _any_rank(flag: bool, world: int) -> bool:
+    """Whether any rank asked to stop (so that all stop at the same step and no collective hangs)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _mean_over_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / world
 
 
 def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict:
