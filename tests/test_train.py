@@ -69,7 +69,8 @@ def test_resume_continues_as_if_never_stopped(tmp_path, monkeypatch):
 @pytest.mark.parametrize("estimator", ["regression", "distribution"])
 def test_other_estimators_train(tmp_path, estimator):
     out = tmp_path / estimator
-    train.main([*TINY, "--estimator", estimator, "--model", "paper-cnn", "--out", str(out)])
+    # bf16 autocast (the default on CUDA) forced on the CPU, so the mixed-precision path runs here too.
+    train.main([*TINY, "--estimator", estimator, "--model", "paper-cnn", "--amp", "bf16", "--out", str(out)])
     results = json.loads((out / "metrics.json").read_text())["test"]["all"]
     assert results["n"] == 96 and results["mae"] == results["mae"]  # finite
     assert ("coverage68" in results) == (estimator == "distribution")

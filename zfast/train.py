@@ -77,6 +77,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of the model and of the training draws"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    amp: str = field(default="auto", metadata={"help": "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, off"})
     out: str = field(default="runs/zfast", metadata={"help": "run folder"})
 
 
@@ -141,6 +142,8 @@ def check_config(c: TrainConfig) -> None:
             problems.append(f"{name} must be >= 1")
     if not (0 <= c.z_min < c.z_max):
         problems.append("need 0 <= z_min < z_max")
+    if c.amp not in ("auto", "bf16", "off"):
+        problems.append(f"amp {c.amp!r} (auto, bf16, off)")
     if problems:
         raise SystemExit("bad configuration: " + "; ".join(problems))
 
@@ -342,6 +345,7 @@ def _run(c: TrainConfig, resume_state: Optional[dict], device: torch.device, ran
             for name in names:
                 save_checkpoint(out / name, payload)
 
+    mixed_precision = c.amp == "bf16" or (c.amp == "auto" and device.type == "cuda")
     metrics_csv = out / "metrics.csv"
     columns = ["step", "train_loss", "val_loss", "val_mae", "val_sigma_nmad", "val_outlier_003", "val_outlier_01", "lr"]
     if main_rank and not metrics_csv.exists():
@@ -352,7 +356,9 @@ def _run(c: TrainConfig, resume_state: Optional[dict], device: torch.device, ran
     try:
         while step < c.steps and not _any_rank(stop.requested, world):
             flux, _, z, _ = next(train)
-            loss = training_loss(c, forward(flux), z, edges, step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+                output = forward(flux)
+            loss = training_loss(c, output.float(), z, edges, step)  # the loss in float32
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
