@@ -279,13 +279,18 @@ def _gather_rows(tensor: torch.Tensor, world: int) -> torch.Tensor:
 
 def run(c: TrainConfig, resume_state: Optional[dict] = None) -> dict:
     device, rank, world = setup_distributed(c)
-    try:
+    if world == 1:
         return _run(c, resume_state, device, rank, world)
-    finally:
-        if world > 1:
-            import torch.distributed as dist
+    import torch.distributed as dist
 
-            dist.destroy_process_group()
+    try:
+        result = _run(c, resume_state, device, rank, world)
+        # Rank 0 evaluates the test set and draws the plots while the others wait here: all ranks then leave
+        # together (a rank that tore its process group down early aborted at exit, seen under gloo).
+        dist.barrier()
+        return result
+    finally:
+        dist.destroy_process_group()
 
 
 def _run(c: TrainConfig, resume_state: Optional[dict], device: torch.device, rank: int, world: int) -> dict:
