@@ -173,6 +173,25 @@ def _quantiles(cdf: torch.Tensor, edges: torch.Tensor, levels: torch.Tensor) -> 
     return edges[k] + fraction * (edges[k + 1] - edges[k])
 
 
+def normalised_probs(probs: torch.Tensor, bin_edges) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs [B, C] as float64 rows summing to 1, bin_edges [C+1] as float64 on probs' device), validated:
+    probs finite and >= 0, C matching the edges, no row summing to 0."""
+    if not isinstance(probs, torch.Tensor) or probs.dim() != 2:
+        raise ValueError(f"probs must be a 2-D tensor [B, C], got {getattr(probs, 'shape', type(probs))}")
+    edges = _edges(bin_edges, probs.device)
+    n_bins = edges.numel() - 1
+    if probs.shape[1] != n_bins:
+        raise ValueError(f"probs has C = {probs.shape[1]} columns but bin_edges defines {n_bins} bins")
+    p = probs.detach().to(torch.float64)
+    if p.numel() and (not bool(torch.isfinite(p).all()) or bool((p < 0).any())):
+        raise ValueError("probs must be finite and >= 0")
+    total = p.sum(dim=1, keepdim=True)
+    if p.numel() and bool((total <= 0).any()):
+        b = int(torch.nonzero(total.flatten() <= 0).flatten()[0])
+        raise ValueError(f"probs row {b} sums to 0")
+    return p / total, edges
+
+
 def pz_summary(probs: torch.Tensor, bin_edges) -> PzSummary:
     """Point estimates, uncertainty and credible intervals of binned P(z).
 
@@ -189,20 +208,8 @@ def pz_summary(probs: torch.Tensor, bin_edges) -> PzSummary:
         ends; sigma, the standard deviation of the piecewise-constant density (within-bin spread included);
         lo68/hi68 and lo95/hi95, equal-tailed credible intervals from the piecewise-linear CDF.
     """
-    if not isinstance(probs, torch.Tensor) or probs.dim() != 2:
-        raise ValueError(f"probs must be a 2-D tensor [B, C], got {getattr(probs, 'shape', type(probs))}")
-    edges = _edges(bin_edges, probs.device)
+    p, edges = normalised_probs(probs, bin_edges)
     n_bins = edges.numel() - 1
-    if probs.shape[1] != n_bins:
-        raise ValueError(f"probs has C = {probs.shape[1]} columns but bin_edges defines {n_bins} bins")
-    p = probs.to(torch.float64)
-    if p.numel() and (not bool(torch.isfinite(p).all()) or bool((p < 0).any())):
-        raise ValueError("probs must be finite and >= 0")
-    total = p.sum(dim=1, keepdim=True)
-    if p.numel() and bool((total <= 0).any()):
-        b = int(torch.nonzero(total.flatten() <= 0).flatten()[0])
-        raise ValueError(f"probs row {b} sums to 0")
-    p = p / total
     width = edges[1:] - edges[:-1]
     centre = 0.5 * (edges[1:] + edges[:-1])
 

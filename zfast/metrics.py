@@ -25,7 +25,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .bins import _edges
+from .bins import normalised_probs
 
 NMAD_SCALE = 1.4826
 OUTLIER_THRESHOLDS = {"outlier_003": 0.003, "outlier_01": 0.01}
@@ -166,12 +166,8 @@ def pit_values(probs: torch.Tensor, bin_edges, z_true) -> torch.Tensor:
     Returns:
         Tensor[B], float64, in [0, 1].
     """
-    if not isinstance(probs, torch.Tensor) or probs.dim() != 2:
-        raise ValueError(f"probs must be a 2-D tensor [B, C], got {getattr(probs, 'shape', type(probs))}")
-    edges = _edges(bin_edges, probs.device)
+    p, edges = normalised_probs(probs, bin_edges)
     n_bins = edges.numel() - 1
-    if probs.shape[1] != n_bins:
-        raise ValueError(f"probs has C = {probs.shape[1]} columns but bin_edges defines {n_bins} bins")
     z = _vector(z_true, "z_true", probs.device)
     if z.numel() != probs.shape[0]:
         raise ValueError(f"z_true has {z.numel()} values but probs has B = {probs.shape[0]} rows")
@@ -179,14 +175,6 @@ def pit_values(probs: torch.Tensor, bin_edges, z_true) -> torch.Tensor:
         return z
     if not bool(torch.isfinite(z).all()):
         raise ValueError("z_true must be finite")
-    p = probs.detach().to(torch.float64)
-    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
-        raise ValueError("probs must be finite and >= 0")
-    total = p.sum(dim=1, keepdim=True)
-    if bool((total <= 0).any()):
-        b = int(torch.nonzero(total.flatten() <= 0).flatten()[0])
-        raise ValueError(f"probs row {b} sums to 0")
-    p = p / total
     cdf_below = torch.cumsum(p, dim=1) - p  # mass of the bins below each bin
     c = (torch.bucketize(z, edges, right=True) - 1).clamp(0, n_bins - 1)[:, None]
     fraction = ((z[:, None] - edges[c]) / (edges[c + 1] - edges[c])).clamp(0.0, 1.0)
