@@ -92,6 +92,51 @@ def test_normalise_is_finite_for_zero_negative_and_sparse_spectra():
     torch.testing.assert_close(normed_ivar[3], torch.full((3,), 4.0))
 
 
+def test_normalise_masks_pixels_and_takes_the_level_from_valid_ones_only():
+    g = torch.Generator().manual_seed(3)
+    flux = 2.0 + torch.rand(4, 640, generator=g, dtype=torch.float64)
+    ivar = torch.full_like(flux, 4.0)
+    flux[0, :300] = math.nan  # non-finite flux
+    ivar[1, 100:400] = 0.0  # zero inverse variance (its flux is junk)
+    flux[1, 100:400] = 1e30
+    ivar[2, 5] = math.nan
+    flux[3] = math.nan  # nothing valid at all
+    normed, normed_ivar, scale = zfast.normalise(flux, ivar)
+    valid = torch.isfinite(flux) & (ivar > 0)
+    assert torch.equal(normed == 0, ~valid) and torch.equal(normed_ivar == 0, ~valid)
+    for b in range(3):  # the level is the median of the valid sampled pixels (every 10th of 640)
+        sample = flux[b, ::10][valid[b, ::10]]
+        assert scale[b, 0] == sample.abs().median()
+    assert scale[3, 0] == 1.0 and torch.isfinite(normed).all()
+
+
+@pytest.mark.parametrize("mask_prob", [0.0, 0.3, 1.0])
+def test_training_gaps_are_contiguous_bounded_and_zero(generator, mask_prob):
+    library = random_library(generator, n_seds=20)
+    nisp = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white"))
+    plain = zfast.AugmentedSpectra(library, nisp, batch_size=400, seed=4)
+    gapped = zfast.AugmentedSpectra(library, nisp, batch_size=400, seed=4, mask_prob=mask_prob, max_gap=20)
+    flux, ivar, z, sed = next(gapped)
+    flux0, ivar0, z0, sed0 = next(plain)
+    assert torch.equal(z, z0) and torch.equal(sed, sed0)  # gaps draw after everything else
+    masked = ivar == 0
+    assert torch.equal(flux == 0, masked)
+    lengths = masked.sum(dim=1)
+    assert lengths.max() <= 20
+    has_gap = lengths > 0
+    if mask_prob == 0:
+        assert torch.equal(flux, flux0) and not has_gap.any()
+    else:
+        assert abs(has_gap.double().mean().item() - mask_prob) < 0.1  # a few gaps run entirely off the ends
+        for row in torch.nonzero(has_gap).flatten():  # one contiguous run per spectrum
+            where = torch.nonzero(masked[row]).flatten()
+            assert where[-1] - where[0] + 1 == where.numel()
+        touching_an_end = (masked[:, 0] | masked[:, -1])[has_gap].double().mean()
+        assert 0 < touching_an_end < 0.2
+    with pytest.raises(ValueError, match="mask_prob"):
+        zfast.AugmentedSpectra(library, nisp, mask_prob=1.5)
+
+
 @pytest.mark.parametrize("n_seds", [3, 10, 1001])
 def test_splits_are_disjoint_complete_and_seeded(n_seds):
     split = zfast.split_by_sed(n_seds, seed=3)

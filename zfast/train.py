@@ -56,6 +56,8 @@ class TrainConfig:
     noise: str = field(default="white", metadata={"help": "noise model: none, white, euclid"})
     snr_min: float = field(default=3.0, metadata={"help": "white noise: lowest per-pixel continuum SNR"})
     snr_max: float = field(default=30.0, metadata={"help": "white noise: highest SNR (log-uniform draws)"})
+    mask_prob: float = field(default=0.2, metadata={"help": "share of spectra given a masked gap (ivar 0), as real data have"})
+    max_gap: int = field(default=32, metadata={"help": "longest masked gap, in pixels"})
     z_min: float = field(default=1.0, metadata={"help": "lowest redshift drawn (and first bin edge)"})
     z_max: float = field(default=1.8, metadata={"help": "redshifts are drawn below this (last bin edge)"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split by SED"})
@@ -140,6 +142,8 @@ def check_config(c: TrainConfig) -> None:
     for name in ("steps", "batch_size", "eval_every", "n_val", "n_test", "n_bins"):
         if getattr(c, name) < 1:
             problems.append(f"{name} must be >= 1")
+    if not (0.0 <= c.mask_prob <= 1.0) or c.max_gap < 1:
+        problems.append("need 0 <= mask_prob <= 1 and max_gap >= 1")
     if not (0 <= c.z_min < c.z_max):
         problems.append("need 0 <= z_min < z_max")
     if c.amp not in ("auto", "bf16", "off"):
@@ -161,6 +165,12 @@ def load_library(name: str) -> SEDLibrary:
 
 def make_instrument(c: TrainConfig) -> Instrument:
     return Instrument.preset(c.instrument, NoiseModel(c.noise, snr=(c.snr_min, c.snr_max)))
+
+
+def augmented(c: TrainConfig, library: SEDLibrary, instrument: Instrument, split: str, seed: int = 0) -> AugmentedSpectra:
+    """The on-the-fly spectra of one split of the library, as configured."""
+    return AugmentedSpectra(library, instrument, (c.z_min, c.z_max), split, c.batch_size, seed, split_seed=c.split_seed,
+                            mask_prob=c.mask_prob, max_gap=c.max_gap)  # fmt: skip
 
 
 def distribution_schedule(c: TrainConfig, step: int) -> tuple[float, float]:
@@ -307,9 +317,8 @@ def _run(c: TrainConfig, resume_state: Optional[dict], device: torch.device, ran
     if main_rank:
         save_splits(out / "splits.json", splits, n_seds=len(library), seed=c.split_seed, library=c.library)
     # Each rank draws its own stream, seeded from (seed, rank).
-    train = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), "train", c.batch_size, c.seed + 7919 * rank,
-                             split_seed=c.split_seed)  # fmt: skip
-    val = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), "val", c.batch_size, split_seed=c.split_seed).fixed_set(c.n_val, seed=10_000 + c.split_seed)
+    train = augmented(c, library, instrument, "train", c.seed + 7919 * rank)
+    val = augmented(c, library, instrument, "val").fixed_set(c.n_val, seed=10_000 + c.split_seed)
     edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
 
     model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins).to(device)
@@ -427,14 +436,44 @@ def _mean_over_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
     return value / world
 
 
+def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, model, library, instrument, edges) -> None:
+    """What zfast-predict needs besides the weights, added to the best checkpoint (and to last.pt when it holds the
+    same weights): the OOD statistics of the penultimate features (zfast.inference.fit_ood: training spectra for
+    the mean and covariance, validation spectra for the threshold) and, for regression, the validation σ_NMAD
+    that becomes z_err."""
+    from .inference import features_and_outputs, fit_ood
+    from .metrics import redshift_metrics
+
+    n = max(1024, min(4096, c.n_val))
+    train_flux = augmented(c, library, instrument, "train").fixed_set(n, seed=30_000 + c.split_seed)[0]
+    val_flux, _, val_z, _ = augmented(c, library, instrument, "val").fixed_set(n, seed=40_000 + c.split_seed)
+    model.eval()
+    with torch.no_grad():
+        train_features = torch.cat([features_and_outputs(model, train_flux[i:i + 1024])[0] for i in range(0, n, 1024)])
+        val_features = torch.cat([features_and_outputs(model, val_flux[i:i + 1024])[0] for i in range(0, n, 1024)])
+    model.train()
+    stats = fit_ood(train_features, val_features)
+    stats["z_scatter"] = redshift_metrics(val_z.double().cpu(), predict(model, c, val_flux, edges)["z"].cpu())["sigma_nmad"]
+    best["predict_stats"] = stats
+    save_checkpoint(best_path, best)
+    last_path = out / "last.pt"
+    if last_path != best_path and last_path.exists():
+        last = load_checkpoint(last_path)
+        if last["step"] == best["step"]:
+            last["predict_stats"] = stats
+            save_checkpoint(last_path, last)
+
+
 def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict:
     """Test metrics with the best checkpoint, overall and per noise level / EW(Hα) bin; plots."""
     from . import plots
     from .metrics import grouped_metrics, ew_groups, pit_values, snr_groups
 
-    best = load_checkpoint(out / "best.pt" if (out / "best.pt").exists() else out / "last.pt")
+    best_path = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
+    best = load_checkpoint(best_path)
     model.load_state_dict(best["model"])
-    data = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), "test", c.batch_size, split_seed=c.split_seed)
+    store_predict_stats(c, out, best_path, best, model, library, instrument, edges)
+    data = augmented(c, library, instrument, "test")
     flux, ivar, z, sed_index = data.fixed_set(c.n_test, seed=20_000 + c.split_seed)
     prediction = predict(model, c, flux, edges)
     z_true, z_pred = z.double().cpu(), prediction["z"].cpu()
@@ -443,7 +482,7 @@ def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict
     if ew is not None:
         groups.update(ew_groups(torch.as_tensor(ew)[sed_index.cpu()]))
     if c.noise != "none":
-        snr = ivar[:, :1].sqrt().flatten().cpu()  # σ of the normalised continuum-1 spectrum is 1/SNR
+        snr = ivar.amax(dim=1).sqrt().cpu()  # σ of the normalised continuum-1 spectrum is 1/SNR (gaps have ivar 0)
         groups.update(snr_groups(snr))
     extra = {}
     if "summary" in prediction:

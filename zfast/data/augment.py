@@ -82,6 +82,10 @@ class AugmentedSpectra:
         z_prior (tuple, optional): a user prior instead of the uniform draw: (edges [K+1], weights [K]), a
             piecewise-constant density over z bins (weights >= 0, any normalisation) within ``z_range``; z is
             drawn by picking a bin with probability ∝ weight, then uniformly inside it.
+        mask_prob (float): chance that a spectrum gets a masked gap (ivar = 0, as bad pixels, detector gaps or
+            incomplete coverage arrive in real data), 1 to ``max_gap`` pixels long at a uniform position (it may
+            run off either end). Masked pixels reach the network as 0 (``normalise``), exactly as
+            ``zfast.predict`` passes masked pixels of real spectra. Default 0 (no gaps).
 
     flux and ivar are float32 and normalised per spectrum (``normalise``); z is float64 (exact labels);
     sed_index is int64.
@@ -98,7 +102,12 @@ class AugmentedSpectra:
         fractions: tuple = (0.8, 0.1, 0.1),
         split_seed: int = 0,
         z_prior: Optional[tuple] = None,
+        mask_prob: float = 0.0,
+        max_gap: int = 32,
     ):
+        if not (0.0 <= mask_prob <= 1.0) or max_gap < 1:
+            raise ValueError(f"need 0 <= mask_prob <= 1 and max_gap >= 1, got {mask_prob}, {max_gap}")
+        self.mask_prob, self.max_gap = float(mask_prob), int(max_gap)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         z_lo, z_hi = map(float, z_range)
@@ -155,8 +164,20 @@ class AugmentedSpectra:
         # Validated once at construction (split indices, coverage of z_range): no host sync per batch.
         spectra = self.library.redshift_resample(sed_index, z, self.wave_edges, check=False)
         flux, ivar = self.instrument.observe(spectra, g)
+        if self.mask_prob > 0:
+            ivar = self._mask_gaps(ivar, g)
         flux, ivar, _ = normalise(flux, ivar)
         return flux, ivar, z, sed_index
+
+    def _mask_gaps(self, ivar: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """ivar with one gap (ivar = 0) in a ``mask_prob`` share of the spectra; no host synchronisation."""
+        n, m = ivar.shape
+        has_gap = torch.rand(n, 1, generator=g, device=self.device) < self.mask_prob
+        length = torch.randint(1, self.max_gap + 1, (n, 1), generator=g, device=self.device)
+        start = torch.randint(-self.max_gap + 1, m, (n, 1), generator=g, device=self.device)
+        pixel = torch.arange(m, device=self.device)
+        gap = has_gap & (pixel >= start) & (pixel < start + length)
+        return ivar.masked_fill(gap, 0.0)
 
     def fixed_set(self, n_spectra: int, seed: int) -> tuple:
         """``n_spectra`` spectra drawn from their own generator seeded with ``seed``: identical on every call

@@ -188,17 +188,33 @@ class Instrument:
         return self.noise.apply(self.convolve_lsf(flux), generator, self)
 
 
-def continuum_level(flux: torch.Tensor) -> torch.Tensor:
-    """[B, 1]: the median of |flux| over ~64 evenly spaced pixels of each spectrum [B, M]."""
+def valid_pixels(flux: torch.Tensor, ivar: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, M]: pixels that carry information — finite flux and ivar > 0 (ivar = +inf: noiseless).
+    A pixel with ivar = 0, NaN ivar or non-finite flux is masked, in training and in ``zfast.predict`` alike."""
+    return torch.isfinite(flux) & (ivar > 0)
+
+
+def continuum_level(flux: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[B, 1]: the median of |flux| over ~64 evenly spaced pixels of each spectrum [B, M], masked pixels
+    (``valid`` False) left out (NaN where a spectrum has no valid sampled pixel)."""
     stride = max(1, flux.shape[1] // 64)
-    return flux[:, ::stride].abs().median(dim=1, keepdim=True).values
+    sample = flux[:, ::stride].abs()
+    if valid is None:
+        return sample.median(dim=1, keepdim=True).values
+    sample = torch.where(valid[:, ::stride], sample, torch.full_like(sample, math.nan))
+    return sample.nanmedian(dim=1, keepdim=True).values
 
 
 def normalise(flux: torch.Tensor, ivar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-spectrum normalisation of what the network sees: (flux / s, ivar · s², s) with s [B, 1] the
-    continuum level (``continuum_level``), or the maximum of |flux| if that is 0, or 1 for an all-zero
-    spectrum — so zero, negative and mostly-empty spectra stay finite. No host synchronisation."""
-    scale = continuum_level(flux)
-    scale = torch.where(scale > 0, scale, flux.abs().amax(dim=1, keepdim=True))
+    """What the network sees, in training and prediction alike: (flux / s, ivar · s², s) with s [B, 1] the
+    continuum level of the valid pixels (``continuum_level``), or their maximum |flux| if that is 0 or
+    undefined, or 1 for an all-zero or all-masked spectrum — so zero, negative and mostly-empty spectra stay
+    finite. Masked pixels (``valid_pixels`` False: ivar = 0 or NaN, or non-finite flux) come out as flux 0 and
+    ivar 0: the continuum of a normalised spectrum is ~1, so 0 reads as "no data". No host synchronisation."""
+    valid = valid_pixels(flux, ivar)
+    scale = continuum_level(flux, valid)
+    peak = torch.where(valid, flux.abs(), torch.zeros_like(flux)).amax(dim=1, keepdim=True)
+    scale = torch.where(scale > 0, scale, peak)  # NaN > 0 is False
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return flux / scale, ivar * scale.square(), scale
+    zero = torch.zeros_like(flux)
+    return torch.where(valid, flux / scale, zero), torch.where(valid, ivar * scale.square(), zero), scale

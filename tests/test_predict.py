@@ -1,0 +1,233 @@
+"""zfast.predict / zfast-predict: real spectra files → redshift tables, with the training pipeline's treatment.
+
+A small model is trained once (paper CNN, 80 bins, built-in library, white noise); the tests check that the
+prediction path is exactly the training path for spectra already on the model's pixels, that it is invariant
+to what must not matter (flux scale, a finer grid, air wavelengths, f_ν, chunking, file format), that masked
+pixels are masked the way training masks them, and that bad input fails clearly and writes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import zfast
+from zfast import inference, train
+from zfast.bins import redshift_bin_edges
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train.main(["--preset", "quick", "--model", "paper-cnn", "--n-bins", "80", "--steps", "150", "--eval-every", "150",
+                "--n-val", "512", "--n-test", "64", "--batch-size", "64", "--lr", "2e-3", "--out", str(out)])  # fmt: skip
+    config = train.TrainConfig(**train.load_checkpoint(out / "best.pt")["config"])
+    return out / "best.pt", config
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    return zfast.load_model(trained[0], "cpu")
+
+
+@pytest.fixture(scope="module")
+def test_spectra(trained):
+    """Raw (un-normalised) noisy test spectra on the model's pixels, with their normalised form and truth."""
+    _, c = trained
+    library = train.load_library(c.library)
+    instrument = train.make_instrument(c)
+    data = train.augmented(c, library, instrument, "test")
+    g = torch.Generator().manual_seed(5)
+    sed = data.sed_indices[torch.randint(0, data.sed_indices.numel(), (70,), generator=g)]
+    z = 1.0 + 0.8 * torch.rand(70, generator=g, dtype=torch.float64)
+    raw = library.redshift_resample(sed, z, instrument.wave_edges).double()
+    flux, ivar = instrument.observe(raw, g)
+    return instrument, flux, ivar, z
+
+
+def test_spectra_on_the_model_grid_get_exactly_the_training_prediction(trained, model, test_spectra):
+    _, c = trained
+    instrument, flux, ivar, z = test_spectra
+    got = zfast.predict(model, instrument.wavelength, flux, ivar)
+    normalised, _, _ = zfast.normalise(flux.float(), ivar.float())
+    expected = train.predict(model.network, c, normalised, model.bin_edges)["z"]
+    torch.testing.assert_close(got["z"], expected.double(), atol=2e-5, rtol=0)
+    assert got["valid_fraction"].eq(1).all() and not got["flag_few_pixels"].any()
+    assert (got["z_lo68"] < got["z_hi68"]).all()  # (a multimodal P(z) may put its mode outside the interval)
+    assert (got["z_err"] > 0).all()
+    # The model learned something: most test redshifts within 0.01(1+z) (80 bins of 0.01; chance is ~2 %).
+    assert ((got["z"] - z).abs() / (1 + z) < 0.02).double().mean() > 0.5
+    # SNR column: white noise at SNR 3-30, measured per model pixel on the continuum.
+    assert got["snr"].min() > 1.5 and got["snr"].max() < 60
+
+
+def test_invariant_to_flux_scale_finer_grid_air_fnu_and_chunks(model, test_spectra):
+    instrument, flux, ivar, _ = test_spectra
+    base = zfast.predict(model, instrument.wavelength, flux, ivar)
+    # Flux units: any scale, and f_ν = f_λ λ² / c (scale dropped) read with flux_unit="fnu".
+    scaled = zfast.predict(model, instrument.wavelength, 3e-17 * flux, ivar / 9e-34, batch_size=7)
+    torch.testing.assert_close(scaled["z"], base["z"], atol=2e-5, rtol=0)
+    fnu = zfast.predict(model, instrument.wavelength, flux * instrument.wavelength**2, ivar, flux_unit="fnu")
+    torch.testing.assert_close(fnu["z"], base["z"], atol=2e-5, rtol=0)
+    # A 3x finer grid whose pixels split the model's exactly: resampling back is exact (flux conservation).
+    edges = instrument.wave_edges
+    fine_edges = torch.cat([(edges[:-1, None] + (edges[1:] - edges[:-1])[:, None] * torch.tensor([0.0, 1 / 3, 2 / 3])).flatten(), edges[-1:]])
+    fine_centres = 0.5 * (fine_edges[1:] + fine_edges[:-1])
+    fine_flux = flux.repeat_interleave(3, dim=1)
+    fine = zfast.predict(model, fine_centres, fine_flux, ivar.repeat_interleave(3, dim=1) / 3)
+    torch.testing.assert_close(fine["z"], base["z"], atol=2e-5, rtol=0)
+    torch.testing.assert_close(fine["snr"], base["snr"], rtol=1e-6, atol=0)  # variance propagated exactly
+    # Air wavelengths: converting the grid to air and back changes it by < 1e-8 relative.
+    air = zfast.predict(model, zfast.vacuum_to_air(fine_centres), fine_flux, air=True)
+    torch.testing.assert_close(air["z"], base["z"], atol=1e-4, rtol=0)
+    # One grid per spectrum ([B, N]) gives the same as the shared grid.
+    per_row = zfast.predict(model, fine_centres.expand(5, -1), fine_flux[:5], ivar.repeat_interleave(3, dim=1)[:5])
+    torch.testing.assert_close(per_row["z"], base["z"][:5], atol=2e-5, rtol=0)
+
+
+def test_masked_pixels_match_training_masks(model, test_spectra):
+    instrument, flux, ivar, _ = test_spectra
+    bad = torch.zeros_like(flux, dtype=torch.bool)
+    bad[:, 100:140] = True
+    bad[3, :300] = True  # spectrum 3 loses 300 of 512 pixels: too few
+    by_nan = zfast.predict(model, instrument.wavelength, flux.masked_fill(bad, math.nan), ivar)
+    by_ivar = zfast.predict(model, instrument.wavelength, flux.masked_fill(bad, 1e30), ivar.masked_fill(bad, 0.0))
+    for key in ("z", "z_err", "valid_fraction", "ood_score"):
+        torch.testing.assert_close(by_nan[key], by_ivar[key], atol=1e-9, rtol=0, equal_nan=True)
+    expected_fraction = 1 - bad.double().mean(dim=1)
+    torch.testing.assert_close(by_nan["valid_fraction"], expected_fraction)
+    assert by_nan["flag_few_pixels"].tolist() == [i == 3 for i in range(flux.shape[0])]
+    # The network sees masked pixels as 0 after normalisation, exactly what training's gaps look like.
+    prepared, _, _ = inference.prepare_spectra(model, instrument.wavelength, flux.masked_fill(bad, math.nan), ivar)
+    assert prepared[:, 100:140].eq(0).all() and prepared[[0, 1, 2, 4], 140:].ne(0).all()
+
+
+def test_ood_score_flags_what_the_model_never_saw(model, test_spectra):
+    instrument, flux, ivar, _ = test_spectra
+    good = zfast.predict(model, instrument.wavelength, flux, ivar)
+    g = torch.Generator().manual_seed(1)
+    m = instrument.n_pixels
+    garbage = torch.cat([
+        torch.randn(10, m, generator=g, dtype=torch.float64),  # pure noise
+        torch.linspace(0.0, 1.0, m, dtype=torch.float64).expand(10, m) ** 6 + 0.01 * torch.randn(10, m, generator=g, dtype=torch.float64),
+        torch.where(torch.arange(m) % 50 < 25, 1.0, 5.0).double().expand(10, m).clone(),  # a square wave
+    ])  # fmt: skip
+    odd = zfast.predict(model, instrument.wavelength, garbage)
+    assert model.stats["ood_threshold"] > 0
+    assert odd["flag_ood"].double().mean() >= 0.9
+    assert good["flag_ood"].double().mean() <= 0.1
+    assert odd["ood_score"].median() > 3 * good["ood_score"].median()
+
+
+def _write_inputs(tmp_path, wavelength, flux, ivar, ids):
+    np.savez(tmp_path / "in.npz", wavelength=wavelength, flux=flux, ivar=ivar, id=ids)
+    np.savez_compressed(tmp_path / "in_compressed.npz", WAVELENGTH=wavelength, FLUX=flux, IVAR=ivar, ID=ids)
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "in.h5", "w") as handle:
+        for name, value in dict(wavelength=wavelength, flux=flux, ivar=ivar, id=ids).items():
+            handle[name] = value
+    fits = pytest.importorskip("astropy.io.fits")
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(wavelength, name="WAVELENGTH"), fits.ImageHDU(flux.astype(np.float32), name="FLUX"),
+                  fits.ImageHDU(ivar, name="IVAR"), fits.ImageHDU(ids, name="ID")]).writeto(tmp_path / "in_images.fits")  # fmt: skip
+    table = fits.BinTableHDU.from_columns([
+        fits.Column(name="ID", format="K", array=ids),
+        fits.Column(name="WAVELENGTH", format=f"{wavelength.size}D", array=np.broadcast_to(wavelength, flux.shape)),
+        fits.Column(name="FLUX", format=f"{wavelength.size}D", array=flux),
+        fits.Column(name="IVAR", format=f"{wavelength.size}D", array=ivar),
+    ])  # fmt: skip
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "in_table.fits")
+
+
+def test_files_in_every_format_give_the_api_table(model, trained, test_spectra, tmp_path):
+    instrument, flux, ivar, _ = test_spectra
+    ids = np.arange(1000, 1000 + flux.shape[0])
+    wave = instrument.wavelength.numpy()
+    _write_inputs(tmp_path, wave, flux.numpy().copy(), ivar.numpy().copy(), ids)  # (ivar is a stride-0 view)
+    api = zfast.predict(model, wave, flux.float().double(), ivar, pz=True)  # FITS images hold float32 flux
+    api64 = zfast.predict(model, wave, flux, ivar, pz=True)
+    for name in ("in.npz", "in_compressed.npz", "in.h5", "in_images.fits", "in_table.fits"):
+        out = tmp_path / f"{name}.csv"
+        assert inference.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / name), "--output", str(out),
+                               "--pz", "--batch-size", "17", "--device", "cpu"]) == 0  # fmt: skip
+        with open(out) as stream:
+            rows = list(csv.DictReader(stream))
+        assert [int(r["id"]) for r in rows] == ids.tolist()
+        reference = api if name == "in_images.fits" else api64
+        np.testing.assert_allclose([float(r["z"]) for r in rows], reference["z"].numpy(), atol=1e-5)
+        np.testing.assert_array_equal([r["flag_ood"] == "1" for r in rows], reference["flag_ood"].numpy())
+        pz = np.array([[float(x) for x in r["pz"].split()] for r in rows])
+        assert pz.shape == (flux.shape[0], 80)
+        np.testing.assert_allclose(pz.sum(axis=1), 1.0, atol=1e-3)
+    fits = pytest.importorskip("astropy.io.fits")
+    out = tmp_path / "z.fits"
+    inference.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.h5"), "--output", str(out), "--pz", "--device", "cpu"])
+    with fits.open(out) as hdul:
+        table = hdul["REDSHIFTS"]
+        np.testing.assert_allclose(table.data["Z"], api64["z"].numpy(), atol=1e-12)
+        assert table.data["PZ"].shape == (flux.shape[0], 80) and table.data["ID"].tolist() == ids.tolist()
+        edges = redshift_bin_edges(table.header["ZMIN"], table.header["ZMAX"], table.header["NBINS"])
+        torch.testing.assert_close(edges, model.bin_edges)
+
+
+def test_bad_inputs_fail_clearly_and_write_nothing(trained, model, tmp_path):
+    ckpt = str(trained[0])
+    wave = model.instrument.wavelength.numpy()
+    flux = np.ones((4, wave.size))
+
+    def run(path, expected):
+        out = tmp_path / "z.csv"
+        with pytest.raises(SystemExit, match=expected):
+            inference.main(["--checkpoint", ckpt, "--input", str(path), "--output", str(out)])
+        assert not out.exists() and not any(p.name.startswith(".z.csv") for p in tmp_path.iterdir())
+
+    np.savez(tmp_path / "no_flux.npz", wavelength=wave)
+    run(tmp_path / "no_flux.npz", r"missing \['flux'\]")
+    np.savez(tmp_path / "shape.npz", wavelength=wave[:-1], flux=flux)
+    run(tmp_path / "shape.npz", "does not match flux")
+    np.savez(tmp_path / "ivar.npz", wavelength=wave, flux=flux, ivar=np.ones((3, wave.size)))
+    run(tmp_path / "ivar.npz", "ivar")
+    np.savez(tmp_path / "empty.npz", wavelength=wave, flux=np.ones((0, wave.size)))
+    run(tmp_path / "empty.npz", "no spectra")
+    np.savez(tmp_path / "optical.npz", wavelength=np.linspace(4000, 9000, 800), flux=np.ones((4, 800)))
+    run(tmp_path / "optical.npz", "cover")
+    np.savez(tmp_path / "unsorted.npz", wavelength=wave[::-1], flux=flux)
+    run(tmp_path / "unsorted.npz", "increasing")
+    np.savez(tmp_path / "negative.npz", wavelength=wave, flux=flux, ivar=-np.ones_like(flux))
+    run(tmp_path / "negative.npz", "negative")
+    run(tmp_path / "absent.npz", "no such input")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="not a readable zfast checkpoint"):
+        inference.main(["--checkpoint", str(tmp_path / "junk.pt"), "--input", str(tmp_path / "shape.npz"), "--output", str(tmp_path / "z.csv")])
+    # A failure in the middle of a file (here: a chunk with negative ivar) leaves no partial table behind.
+    ivar = np.ones((40, wave.size))
+    ivar[33, 5] = -1
+    np.savez(tmp_path / "late.npz", wavelength=wave, flux=np.ones((40, wave.size)), ivar=ivar)
+    out = tmp_path / "late.csv"
+    with pytest.raises(SystemExit, match="negative"):
+        inference.main(["--checkpoint", ckpt, "--input", str(tmp_path / "late.npz"), "--output", str(out), "--batch-size", "8"])
+    assert not out.exists() and not (tmp_path / ".late.csv.tmp").exists()
+    # An existing output is not overwritten without --overwrite.
+    out.write_text("keep")
+    with pytest.raises(SystemExit, match="exists"):
+        inference.main(["--checkpoint", ckpt, "--input", str(tmp_path / "in.npz"), "--output", str(out)])
+    assert out.read_text() == "keep"
+    with pytest.raises(ValueError, match="shape"):
+        zfast.predict(model, wave, np.ones((2, 3, wave.size)))
+
+
+def test_regression_checkpoints_give_an_error_from_validation_scatter(tmp_path):
+    train.main(["--preset", "quick", "--estimator", "regression", "--model", "paper-cnn", "--steps", "4", "--eval-every", "4",
+                "--n-val", "64", "--n-test", "32", "--batch-size", "32", "--out", str(tmp_path / "run")])  # fmt: skip
+    model = zfast.load_model(tmp_path / "run" / "best.pt", "cpu")
+    scatter = model.stats["z_scatter"]
+    assert math.isfinite(scatter) and scatter > 0
+    wave = model.instrument.wavelength
+    got = zfast.predict(model, wave, 1.0 + 0.1 * torch.rand(5, wave.numel(), dtype=torch.float64))
+    torch.testing.assert_close(got["z_err"], scatter * (1 + got["z"]))
+    torch.testing.assert_close(got["z_hi68"] - got["z_lo68"], 2 * got["z_err"])
+    with pytest.raises(ValueError, match="no P"):
+        inference.predict_file(model, "unused.npz", tmp_path / "z.csv", pz=True)

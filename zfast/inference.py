@@ -1,0 +1,646 @@
+"""Redshifts for real spectra from a trained checkpoint: ``zfast.predict`` and the ``zfast-predict`` command.
+
+    zfast-predict --checkpoint runs/quick/best.pt --input spectra.fits --output z.csv [--pz]
+
+What happens to each spectrum, in the order training saw it (``zfast.data``):
+1. wavelengths in Å, observed frame, vacuum (``air=True`` / ``--air`` converts air wavelengths first); flux
+   f_λ in any units (``flux_unit="fnu"`` converts f_ν to f_λ ∝ f_ν/λ²): the network reads normalised spectra,
+   so the flux scale does not matter but its shape does.
+2. Masked input pixels — ivar = 0, NaN ivar, or non-finite flux — are left out, then the spectrum is put
+   onto the model's instrument pixels with the flux-conserving resampling of ``zfast.rebin`` (spectres'
+   convention on the input, the instrument's exact pixel edges on the output): each model pixel gets the
+   mean of the valid input flux over it, and is itself masked when valid input covers less than half of it
+   (or none, outside the input's range). The variance is propagated as var_j = Σ_k w_jk·Δλ_k·var_k /
+   (W_j·c_j)² (w the overlaps, W the pixel width, c the valid fraction): exact when input pixels lie inside
+   model pixels, conservative (larger) when upsampling, whose output pixels are correlated.
+3. ``normalise``, as in training: flux ÷ the continuum level of the valid pixels, masked pixels set to 0.
+   Models trained with ``mask_prob`` > 0 (the default) saw such gaps.
+4. The network; for the binned estimators P(z) = softmax(logits) and ``pz_summary``: z is the refined mode,
+   z_err the standard deviation of P(z), z_lo68/z_hi68 its equal-tailed 68 % interval. For regression z is
+   the network's output and z_err = σ_NMAD·(1+z) of the validation set (stored in the checkpoint by
+   zfast-train), the interval z ± z_err.
+
+Flags (booleans, never silently dropped rows):
+* ``flag_z_range``: z within 0.5 % of the trained range of either end: the model cannot answer outside
+  [z_min, z_max), and a galaxy beyond it is pushed to the nearest end.
+* ``flag_few_pixels``: fewer than ``min_valid`` (default 50 %) of the model's pixels are valid.
+* ``flag_ood``: the out-of-distribution score is above the checkpoint's threshold. The score is the squared
+  Mahalanobis distance of the network's penultimate features from those of augmented training spectra,
+  divided by the feature dimension (Lee et al. 2018); zfast-train fits the mean and the (shrunk) covariance on
+  training spectra and sets the threshold at the 99th percentile of validation spectra (SEDs it never
+  trained on). Checkpoints without these statistics (a run stopped before its end) give NaN and no flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .bins import pz_summary, redshift_bin_edges, target_to_z
+from .data.instrument import Instrument, normalise
+from .models import build_model
+from .ops.rebin import cumulative_at, pixel_edges
+from .wavelengths import air_to_vacuum
+
+COLUMNS = ("id", "z", "z_err", "z_lo68", "z_hi68", "valid_fraction", "snr", "ood_score",
+           "flag_z_range", "flag_few_pixels", "flag_ood")  # fmt: skip
+Z_RANGE_MARGIN = 0.005  # share of the trained range at either end that raises flag_z_range
+OOD_QUANTILE = 0.99  # validation spectra below the OOD threshold
+OOD_SHRINKAGE = 1e-3  # covariance + 1e-3 · (mean variance) · I: a well-conditioned inverse
+
+
+# --- the model -------------------------------------------------------------------------------------------
+def _last_linear(network: nn.Module) -> nn.Linear:
+    linears = [m for m in network.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the network has no Linear layer to read penultimate features from")
+    return linears[-1]
+
+
+def features_and_outputs(network: nn.Module, flux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate features [B, D], outputs [B, K]): the input of the network's last Linear layer, and its
+    output. Call under ``torch.no_grad()`` with the network in eval mode."""
+    captured = []
+    handle = _last_linear(network).register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    try:
+        output = network(flux)
+    finally:
+        handle.remove()
+    return captured[0].flatten(1), output
+
+
+def fit_ood(train_features: torch.Tensor, val_features: torch.Tensor) -> dict:
+    """The OOD statistics zfast-train stores in its checkpoints: the mean and the inverse of the shrunk
+    covariance of training features, and the threshold (``OOD_QUANTILE`` of validation scores)."""
+    f = train_features.double().cpu()
+    mean = f.mean(dim=0)
+    centred = f - mean
+    covariance = centred.T @ centred / max(1, f.shape[0] - 1)
+    dim = covariance.shape[0]
+    covariance += OOD_SHRINKAGE * covariance.diagonal().mean().clamp_min(1e-12) * torch.eye(dim, dtype=torch.float64)
+    precision = torch.cholesky_inverse(torch.linalg.cholesky(covariance))
+    stats = {"ood_mean": mean, "ood_precision": precision}
+    val_scores = ood_scores(val_features, stats)
+    stats["ood_threshold"] = float(torch.quantile(val_scores, OOD_QUANTILE))
+    return stats
+
+
+def ood_scores(features: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Squared Mahalanobis distance / feature dimension, float64 [B]."""
+    mean = stats["ood_mean"].to(features.device)
+    precision = stats["ood_precision"].to(features.device)
+    centred = features.double() - mean
+    return ((centred @ precision) * centred).sum(dim=1) / mean.numel()
+
+
+@dataclass
+class RedshiftModel:
+    """A trained network with everything needed to use it on real spectra (``load_model``)."""
+
+    network: nn.Module
+    estimator: str
+    bin_edges: torch.Tensor  # [K+1] float64, the redshift bins (regression: its [z_min, z_max] scaling)
+    instrument: Instrument  # the model's observed pixels
+    stats: dict = field(default_factory=dict)  # ood_mean, ood_precision, ood_threshold, z_scatter
+    config: dict = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def z_range(self) -> tuple[float, float]:
+        return float(self.bin_edges[0]), float(self.bin_edges[-1])
+
+    def to(self, device) -> "RedshiftModel":
+        self.network.to(device)
+        return self
+
+
+def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.device, None] = None) -> RedshiftModel:
+    """A ``RedshiftModel`` from a zfast-train checkpoint (``best.pt`` or ``last.pt``), in eval mode, on ``device``
+    (default: CUDA if available). Loaded with ``torch.load(weights_only=True)``: no code runs from the file."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt, truncated, or not a checkpoint
+        raise ValueError(f"{path}: not a readable zfast checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(state, dict) or not {"config", "model"} <= set(state):
+        raise ValueError(f"{path}: not a zfast-train checkpoint (no config/model)")
+    c = state["config"]
+    instrument = Instrument.preset(c["instrument"])
+    network = build_model(c["model"], instrument.n_pixels, c["estimator"], c["n_bins"])
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit a {c['model']} {c['estimator']} network: {error}") from error
+    network.eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device is None else torch.device(device)
+    model = RedshiftModel(network.to(device), c["estimator"], redshift_bin_edges(c["z_min"], c["z_max"], c["n_bins"]),
+                          instrument, dict(state.get("predict_stats", {})), dict(c), str(path))  # fmt: skip
+    return model
+
+
+# --- spectra onto the model's pixels --------------------------------------------------------------------
+def _as_float64(values, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int16, torch.int32, torch.int64)):
+        raise TypeError(f"{name} must be numeric, got {tensor.dtype}")
+    return tensor.to(device="cpu", dtype=torch.float64)
+
+
+def _check_grid(wavelength: torch.Tensor) -> None:
+    if wavelength.shape[-1] < 2:
+        raise ValueError(f"wavelength needs at least 2 pixels, got {wavelength.shape[-1]}")
+    if not bool(torch.isfinite(wavelength).all()):
+        raise ValueError("wavelength has non-finite values")
+    steps = wavelength[..., 1:] - wavelength[..., :-1]
+    if not bool((steps > 0).all()):
+        raise ValueError("wavelength must be strictly increasing (sort the pixels, and give Å)")
+
+
+def _resample(flux: torch.Tensor, var: torch.Tensor, valid: torch.Tensor, wavelength: torch.Tensor,
+              out_edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(flux, ivar, valid fraction) [B, M] on ``out_edges`` from spectra [B, N] on pixel centres ``wavelength``
+    [N] (module docstring, step 2). float64."""
+    edges = pixel_edges(wavelength)
+    widths_in = edges[1:] - edges[:-1]
+    widths_out = out_edges[1:] - out_edges[:-1]
+
+    def mean_over_bins(values):
+        integral = cumulative_at(values, edges, out_edges)
+        return (integral[..., 1:] - integral[..., :-1]) / widths_out
+
+    v = valid.double()
+    coverage = mean_over_bins(v)  # 0 outside the input's range
+    good = coverage >= 0.5
+    safe = torch.where(good, coverage, torch.ones_like(coverage))
+    flux_out = mean_over_bins(torch.where(valid, flux, 0.0)) / safe
+    var_out = mean_over_bins(torch.where(valid, var * widths_in, 0.0)) / (widths_out * safe.square())
+    ivar_out = torch.where(good & (var_out > 0), 1.0 / var_out.clamp_min(1e-300), torch.where(good & (var_out == 0), math.inf, 0.0))
+    flux_out = torch.where(good, flux_out, math.nan)
+    return flux_out, ivar_out, good.double().mean(dim=1)
+
+
+def prepare_spectra(model: RedshiftModel, wavelength, flux, ivar=None, *, air: bool = False, flux_unit: str = "flam"):
+    """(normalised flux [B, M] float32 on the model's device, valid fraction [B], continuum SNR [B]): real spectra
+    made into what the network saw in training (module docstring, steps 1-3).
+
+    wavelength is [N] (one grid for all) or [B, N] (one per spectrum); flux and ivar are [B, N].
+    """
+    if flux_unit not in ("flam", "fnu"):
+        raise ValueError(f'flux_unit must be "flam" or "fnu", got {flux_unit!r}')
+    wavelength, flux = _as_float64(wavelength, "wavelength"), _as_float64(flux, "flux")
+    if flux.dim() == 1:
+        flux = flux[None]
+    if flux.dim() != 2:
+        raise ValueError(f"flux must be [n_spectra, n_pixels], got shape {tuple(flux.shape)}")
+    if wavelength.dim() not in (1, 2) or wavelength.shape[-1] != flux.shape[1] or (wavelength.dim() == 2 and wavelength.shape[0] != flux.shape[0]):
+        raise ValueError(f"wavelength must be [{flux.shape[1]}] or [{flux.shape[0]}, {flux.shape[1]}] to match flux "
+                         f"{tuple(flux.shape)}, got {tuple(wavelength.shape)}")  # fmt: skip
+    if ivar is None:
+        ivar = torch.ones_like(flux)
+    else:
+        ivar = _as_float64(ivar, "ivar")
+        if ivar.shape != flux.shape:
+            raise ValueError(f"ivar must have flux's shape {tuple(flux.shape)}, got {tuple(ivar.shape)}")
+        if bool((ivar < 0).any()):
+            raise ValueError("ivar has negative values (inverse variances are >= 0; use 0 to mask a pixel)")
+    _check_grid(wavelength)
+    if air:
+        wavelength = air_to_vacuum(wavelength)
+    if flux_unit == "fnu":
+        flux = flux / wavelength.square()
+    out_edges = model.instrument.wave_edges
+    valid = torch.isfinite(flux) & (ivar > 0)
+    var = torch.where(valid, 1.0 / torch.where(valid, ivar, 1.0), 0.0)
+    if wavelength.dim() == 1:
+        flux_m, ivar_m, fraction = _resample(flux, var, valid, wavelength, out_edges)
+    else:
+        rows = [_resample(flux[i:i + 1], var[i:i + 1], valid[i:i + 1], wavelength[i], out_edges) for i in range(flux.shape[0])]
+        flux_m, ivar_m, fraction = (torch.cat(parts) for parts in zip(*rows))
+    flux_n, ivar_n, _ = normalise(flux_m, ivar_m)
+    # Continuum SNR per model pixel: the normalised continuum is ~1, so SNR ~ sqrt(ivar) (median over valid).
+    snr = torch.where(ivar_n > 0, ivar_n.sqrt(), math.nan).nanmedian(dim=1).values
+    return flux_n.to(device=model.device, dtype=torch.float32), fraction, snr
+
+
+def check_coverage(model: RedshiftModel, wavelength, min_valid: float = 0.5, air: bool = False) -> float:
+    """The share of the model's pixels inside the input grid's range; ValueError if below ``min_valid``."""
+    wavelength = _as_float64(wavelength, "wavelength")
+    _check_grid(wavelength)
+    if air:
+        wavelength = air_to_vacuum(wavelength)
+    edges = model.instrument.wave_edges
+    grid_edges = pixel_edges(wavelength if wavelength.dim() == 1 else wavelength[0])
+    lo, hi = float(grid_edges[0]), float(grid_edges[-1])
+    inside = ((edges[:-1] >= lo) & (edges[1:] <= hi)).double().mean().item()
+    if inside < min_valid:
+        raise ValueError(f"the spectra cover {lo:.1f}-{hi:.1f} Å, only {100 * inside:.0f} % of the model's pixels "
+                         f"({edges[0]:.1f}-{edges[-1]:.1f} Å, {model.instrument.name}); need >= {100 * min_valid:.0f} %"
+                         + (" (are the wavelengths in Å? air? rest frame?)" if inside == 0 else ""))  # fmt: skip
+    return inside
+
+
+# --- prediction ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = False) -> dict:
+    """z, z_err, z_lo68, z_hi68, ood_score, flag_z_range (and pz) for normalised spectra [B, M] on the model's pixels."""
+    model.network.eval()
+    features, output = features_and_outputs(model.network, flux.to(model.device, torch.float32))
+    edges = model.bin_edges.to(output.device)
+    result = {}
+    if model.estimator == "regression":
+        z = target_to_z(output[:, 0].double(), edges)
+        scatter = float(model.stats.get("z_scatter", math.nan))
+        z_err = scatter * (1.0 + z)
+        result.update(z=z, z_err=z_err, z_lo68=z - z_err, z_hi68=z + z_err)
+    else:
+        probs = torch.softmax(output.double(), dim=1)
+        s = pz_summary(probs, edges)
+        result.update(z=s.z_mode, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68)
+        if pz:
+            result["pz"] = probs.float()
+    if "ood_mean" in model.stats:
+        result["ood_score"] = ood_scores(features, model.stats)
+        result["flag_ood"] = result["ood_score"] > float(model.stats["ood_threshold"])
+    else:
+        result["ood_score"] = torch.full_like(result["z"], math.nan)
+        result["flag_ood"] = torch.zeros_like(result["z"], dtype=torch.bool)
+    z_lo, z_hi = model.z_range
+    margin = Z_RANGE_MARGIN * (z_hi - z_lo)
+    result["flag_z_range"] = (result["z"] < z_lo + margin) | (result["z"] > z_hi - margin)
+    return {k: v.cpu() for k, v in result.items()}
+
+
+def predict(model: Union[RedshiftModel, str, os.PathLike], wavelength, flux, ivar=None, *, air: bool = False,
+            flux_unit: str = "flam", pz: bool = False, batch_size: int = 1024, min_valid: float = 0.5,
+            device=None) -> dict:  # fmt: skip
+    """Redshifts of real spectra.
+
+    Args:
+        model: a ``RedshiftModel`` (``load_model``) or the path of a zfast-train checkpoint.
+        wavelength (array [N] or [B, N]): observed pixel centres in Å, vacuum (``air=True``: air), increasing.
+        flux (array [B, N] or [N]): f_λ in any units (``flux_unit="fnu"``: f_ν); NaN marks a bad pixel.
+        ivar (array [B, N], optional): inverse variances; 0 or NaN marks a bad pixel. Default: all pixels valid.
+        pz (bool): also return P(z) [B, K] (binned estimators). batch_size (int): spectra per forward pass.
+        min_valid (float): the share of the model's pixels that must be valid (else ``flag_few_pixels``); input
+            grids covering less of the model's range raise ValueError.
+
+    Returns:
+        dict of CPU tensors [B]: z, z_err, z_lo68, z_hi68 (float64), valid_fraction, snr, ood_score (float64),
+        flag_z_range, flag_few_pixels, flag_ood (bool), and pz [B, K] float32 when asked (see the module
+        docstring for their meaning). Rows stay in input order; none are dropped.
+    """
+    if not isinstance(model, RedshiftModel):
+        model = load_model(model, device)
+    elif device is not None:
+        model.to(device)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    flux = _as_float64(flux, "flux")
+    if flux.dim() == 1:
+        flux = flux[None]
+    if flux.dim() != 2 or flux.shape[0] == 0:
+        raise ValueError(f"flux must be a non-empty [n_spectra, n_pixels] array, got shape {tuple(flux.shape)}")
+    wavelength = _as_float64(wavelength, "wavelength")
+    check_coverage(model, wavelength if wavelength.dim() == 1 else wavelength[0], min_valid, air)
+    parts = []
+    for start in range(0, flux.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        parts.append(_predict_chunk(model, wavelength if wavelength.dim() == 1 else wavelength[rows], flux[rows],
+                                    None if ivar is None else ivar[rows], air, flux_unit, pz, min_valid))  # fmt: skip
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
+def _predict_chunk(model, wavelength, flux, ivar, air, flux_unit, pz, min_valid) -> dict:
+    normalised, fraction, snr = prepare_spectra(model, wavelength, flux, ivar, air=air, flux_unit=flux_unit)
+    result = predict_normalised(model, normalised, pz)
+    result["valid_fraction"], result["snr"] = fraction, snr
+    result["flag_few_pixels"] = fraction < min_valid
+    return result
+
+
+# --- files -----------------------------------------------------------------------------------------------
+class SpectraFile:
+    """Reads ``wavelength`` [M] (or [N, M]), ``flux`` [N, M] and optional ``ivar`` [N, M], ``id`` [N] from .npz,
+    .h5/.hdf5 or .fits in row chunks, so files larger than memory stream (npz members are read sequentially,
+    HDF5 datasets sliced, FITS memory-mapped). Names are matched case-insensitively."""
+
+    def __init__(self, path: Union[str, os.PathLike]):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such input file")
+        suffix = self.path.suffix.lower()
+        self._close = lambda: None
+        if suffix == ".npz":
+            self._open_npz()
+        elif suffix in (".h5", ".hdf5"):
+            self._open_hdf5()
+        elif suffix in (".fits", ".fit", ".fts") or self.path.name.lower().endswith(".fits.gz"):
+            self._open_fits()
+        else:
+            raise ValueError(f"{self.path}: unknown input format (use .npz, .h5/.hdf5 or .fits)")
+        self._validate()
+
+    # Each opener sets self.columns: name -> an object with .shape and [rows] slicing (or a full array).
+    def _open_npz(self):
+        import zipfile
+
+        archive = zipfile.ZipFile(self.path)
+        self._close = archive.close
+        self.columns = {}
+        for name in archive.namelist():
+            if name.endswith(".npy"):
+                self.columns[name[:-4].lower()] = _NpyMember(archive, name)
+
+    def _open_hdf5(self):
+        try:
+            import h5py
+        except ImportError as error:
+            raise ImportError("reading HDF5 needs h5py: pip install 'zfast[io]'") from error
+        handle = h5py.File(self.path, "r")
+        self._close = handle.close
+        self.columns = {name.lower(): handle[name] for name in handle if isinstance(handle[name], h5py.Dataset)}
+
+    def _open_fits(self):
+        try:
+            from astropy.io import fits
+        except ImportError as error:
+            raise ImportError("reading FITS needs astropy: pip install 'zfast[io]'") from error
+        hdul = fits.open(self.path, memmap=True)
+        self._close = hdul.close
+        self.columns = {}
+        for hdu in hdul:
+            if isinstance(hdu, fits.BinTableHDU) and hdu.data is not None:
+                names = {n.lower(): n for n in hdu.columns.names}
+                if "flux" in names and "flux" not in self.columns:
+                    for low, name in names.items():
+                        self.columns[low] = hdu.data[name]
+        for hdu in hdul:
+            name = (hdu.name or "").lower()
+            if hdu.is_image and hdu.data is not None and name in ("wavelength", "flux", "ivar", "id") and name not in self.columns:
+                self.columns[name] = hdu.data
+        if "flux" not in self.columns and hdul[0].data is not None and hdul[0].data.ndim == 2:
+            self.columns["flux"] = hdul[0].data
+
+    def _validate(self):
+        missing = [name for name in ("wavelength", "flux") if name not in self.columns]
+        if missing:
+            self.close()
+            raise ValueError(f"{self.path}: missing {missing}; found {sorted(self.columns) or 'nothing'} "
+                             "(need wavelength [M] and flux [N, M]; optional ivar [N, M], id [N])")  # fmt: skip
+        flux_shape = tuple(self.columns["flux"].shape)
+        wave_shape = tuple(self.columns["wavelength"].shape)
+        problem = None
+        if len(flux_shape) != 2 or flux_shape[0] == 0 or flux_shape[1] < 2:
+            problem = f"flux must be [N, M] with N >= 1 spectra and M >= 2 pixels, got {flux_shape}"
+        elif wave_shape not in ((flux_shape[1],), flux_shape):
+            problem = f"wavelength {wave_shape} does not match flux {flux_shape} (need [M] or [N, M])"
+        elif "ivar" in self.columns and tuple(self.columns["ivar"].shape) != flux_shape:
+            problem = f"ivar {tuple(self.columns['ivar'].shape)} does not match flux {flux_shape}"
+        elif "id" in self.columns and tuple(self.columns["id"].shape)[:1] != flux_shape[:1]:
+            problem = f"id {tuple(self.columns['id'].shape)} does not match the {flux_shape[0]} spectra"
+        if problem:
+            self.close()
+            raise ValueError(f"{self.path}: {problem}" if flux_shape[0] else f"{self.path}: no spectra (empty flux)")
+        self.n_spectra, self.n_pixels = flux_shape
+        self.shared_grid = len(wave_shape) == 1
+
+    def close(self):
+        self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def wavelength(self) -> np.ndarray:
+        """The shared grid [M], or the first spectrum's grid."""
+        column = self.columns["wavelength"]
+        return np.asarray(column[:] if self.shared_grid else column[0:1][0], dtype=np.float64)
+
+    def chunks(self, size: int) -> Iterator[tuple]:
+        """(ids [n], wavelength [M] or [n, M], flux [n, M], ivar [n, M] or None) for consecutive rows."""
+        shared = self.wavelength() if self.shared_grid else None
+        for start in range(0, self.n_spectra, size):
+            stop = min(self.n_spectra, start + size)
+
+            def rows(name):
+                return np.asarray(self.columns[name][start:stop])
+
+            ids = rows("id") if "id" in self.columns else np.arange(start, stop)
+            wave = shared if shared is not None else rows("wavelength").astype(np.float64)
+            ivar = rows("ivar").astype(np.float64) if "ivar" in self.columns else None
+            yield ids, wave, rows("flux").astype(np.float64), ivar
+
+
+class _NpyMember:
+    """One array of an .npz read row by row from the archive (sequential reads: deflated members stream too)."""
+
+    def __init__(self, archive, name: str):
+        self.archive, self.name = archive, name
+        with archive.open(name) as stream:
+            self.version = np.lib.format.read_magic(stream)
+            self.shape, self.fortran, self.dtype = self._read_header(stream)
+        if self.dtype.hasobject:
+            raise ValueError(f"{name}: object arrays are not read (they would run code from the file)")
+        self._stream, self._next_row = None, 0
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0] if self.shape else 1)
+        if not self.shape or self.fortran or len(self.shape) == 1 or start < self._next_row:
+            if not hasattr(self, "_whole"):
+                with self.archive.open(self.name) as stream:
+                    self._whole = np.lib.format.read_array(stream, allow_pickle=False)
+            return self._whole[rows]
+        if self._stream is None:
+            self._stream = self.archive.open(self.name)
+            np.lib.format.read_magic(self._stream)
+            self._read_header(self._stream)
+        row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        if start > self._next_row:
+            self._stream.read((start - self._next_row) * row_bytes)
+        data = self._stream.read((stop - start) * row_bytes)
+        self._next_row = stop
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start,) + tuple(self.shape[1:]))
+
+    def _read_header(self, stream):
+        if self.version == (1, 0):
+            return np.lib.format.read_array_header_1_0(stream)
+        return np.lib.format.read_array_header_2_0(stream)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+class _CSVWriter:
+    def __init__(self, path: Path, pz: bool):
+        self.path, self.temporary, self.pz = path, _temporary(path), pz
+        self.stream = open(self.temporary, "w", newline="")
+        self.writer = csv.writer(self.stream)
+        self.writer.writerow(list(COLUMNS) + (["pz"] if pz else []))
+
+    def write(self, ids, result: dict):
+        columns = [np.asarray(ids)] + [result[name].numpy() for name in COLUMNS[1:]]
+        pz = result["pz"].numpy() if self.pz else None
+        for i in range(len(columns[0])):
+            row = [_id_text(columns[0][i])]
+            for value in columns[1:]:
+                v = value[i]
+                row.append(int(v) if value.dtype == np.bool_ else f"{v:.7g}")
+            if pz is not None:
+                row.append(" ".join(f"{p:.4g}" for p in pz[i]))
+            self.writer.writerow(row)
+
+    def commit(self, model: RedshiftModel):
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        os.replace(self.temporary, self.path)
+
+    def abort(self):
+        self.stream.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+def _id_text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace").strip()
+    return str(value).strip()
+
+
+class _FITSWriter:
+    def __init__(self, path: Path, pz: bool):
+        try:
+            from astropy.io import fits  # noqa: F401
+        except ImportError as error:
+            raise ImportError("writing FITS needs astropy: pip install 'zfast[io]'") from error
+        self.path, self.temporary, self.pz = path, _temporary(path), pz
+        self.parts: list = []
+
+    def write(self, ids, result: dict):
+        self.parts.append((np.asarray(ids), {k: v.numpy() for k, v in result.items()}))
+
+    def commit(self, model: RedshiftModel):
+        from astropy.io import fits
+
+        ids = np.concatenate([ids for ids, _ in self.parts])
+        if ids.dtype.kind in "OU":
+            ids = ids.astype(str)
+        columns = [fits.Column(name="ID", format=_fits_format(ids), array=ids)]
+        for name in COLUMNS[1:]:
+            data = np.concatenate([part[name] for _, part in self.parts])
+            columns.append(fits.Column(name=name.upper(), format="L" if data.dtype == np.bool_ else "D", array=data))
+        if self.pz:
+            data = np.concatenate([part["pz"] for _, part in self.parts])
+            columns.append(fits.Column(name="PZ", format=f"{data.shape[1]}E", array=data))
+        table = fits.BinTableHDU.from_columns(columns, name="REDSHIFTS")
+        z_lo, z_hi = model.z_range
+        table.header["ZMIN"] = (z_lo, "first P(z) bin edge")
+        table.header["ZMAX"] = (z_hi, "last P(z) bin edge")
+        table.header["NBINS"] = (int(model.bin_edges.numel() - 1), "uniform P(z) bins")
+        table.header["ESTIMATR"] = model.estimator
+        table.header["CHECKPT"] = Path(model.source).name[:68]
+        fits.HDUList([fits.PrimaryHDU(), table]).writeto(self.temporary, overwrite=True)
+        os.replace(self.temporary, self.path)
+
+    def abort(self):
+        self.temporary.unlink(missing_ok=True)
+
+
+def _fits_format(ids: np.ndarray) -> str:
+    if ids.dtype.kind in "iu":
+        return "K"
+    if ids.dtype.kind == "f":
+        return "D"
+    width = max(1, max((len(_id_text(i)) for i in ids), default=1))
+    return f"{width}A"
+
+
+def predict_file(model: RedshiftModel, input_path, output_path, *, pz: bool = False, air: bool = False,
+                 flux_unit: str = "flam", batch_size: int = 1024, min_valid: float = 0.5, overwrite: bool = False,
+                 progress: Optional[bool] = None) -> int:  # fmt: skip
+    """Predict every spectrum of ``input_path`` and write the table to ``output_path`` (.csv or .fits),
+    atomically: a temporary file renamed at the end, nothing left behind on failure. Returns the count."""
+    output_path = Path(output_path)
+    suffix = output_path.suffix.lower()
+    if suffix not in (".csv", ".fits"):
+        raise ValueError(f"{output_path}: unknown output format (use .csv or .fits)")
+    if output_path.exists() and not overwrite:
+        raise FileExistsError(f"{output_path} exists (--overwrite to replace it)")
+    if pz and model.estimator == "regression":
+        raise ValueError("--pz: a regression model has no P(z)")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    with SpectraFile(input_path) as source:
+        check_coverage(model, source.wavelength(), min_valid, air)
+        writer = (_CSVWriter if suffix == ".csv" else _FITSWriter)(output_path, pz)
+        done, started, flagged = 0, time.perf_counter(), 0
+        try:
+            for ids, wave, flux, ivar in source.chunks(batch_size):
+                result = _predict_chunk(model, wave, flux, ivar, air, flux_unit, pz, min_valid)
+                writer.write(ids, result)
+                done += len(ids)
+                flagged += int((result["flag_z_range"] | result["flag_few_pixels"] | result["flag_ood"]).sum())
+                if progress:
+                    rate = done / max(1e-9, time.perf_counter() - started)
+                    print(f"\r{done:,}/{source.n_spectra:,} spectra  {rate:,.0f}/s", end="", file=sys.stderr)
+            writer.commit(model)
+        except BaseException:
+            writer.abort()
+            raise
+    if progress:
+        print(file=sys.stderr)
+    print(f"{done:,} spectra -> {output_path} ({flagged:,} flagged)", file=sys.stderr)
+    return done
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zfast-predict", description="Redshifts of spectra in a file from a zfast-train checkpoint.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser.add_argument("--checkpoint", required=True, help="a zfast-train checkpoint (best.pt)")
+    parser.add_argument("--input", required=True, help="spectra: .npz, .h5/.hdf5 or .fits with wavelength [M] (Å), flux [N, M], optional ivar [N, M] and id [N]")
+    parser.add_argument("--output", required=True, help="the table: .csv or .fits")
+    parser.add_argument("--pz", action="store_true", help="add P(z) (a column of n_bins probabilities)")
+    parser.add_argument("--air", action="store_true", help="the input wavelengths are in air (converted to vacuum)")
+    parser.add_argument("--flux-unit", choices=("flam", "fnu"), default="flam", help="f_λ or f_ν (any scale)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="spectra per chunk")
+    parser.add_argument("--min-valid", type=float, default=0.5, help="share of the model's pixels that must be valid")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or not (0.0 <= args.min_valid <= 1.0):
+        raise SystemExit("zfast-predict: need --batch-size >= 1 and 0 <= --min-valid <= 1")
+    try:
+        device = None if args.device == "auto" else args.device
+        model = load_model(args.checkpoint, device)
+        predict_file(model, args.input, args.output, pz=args.pz, air=args.air, flux_unit=args.flux_unit,
+                     batch_size=args.batch_size, min_valid=args.min_valid, overwrite=args.overwrite)  # fmt: skip
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, TypeError, KeyError) as error:
+        raise SystemExit(f"zfast-predict: {error}") from error
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
