@@ -108,6 +108,28 @@ def test_bad_checkpoints_and_configs_give_clear_errors(tmp_path):
         train.main(["--config", str(config)])
 
 
+def test_holdout_recipe_and_training_set_size_splits():
+    library = train.load_library("default")
+    sfh = [str(t) for t in library.params["sfh_type"]]
+    plain = train.run_splits(train.TrainConfig(), library)
+    held = train.run_splits(train.TrainConfig(holdout_sfh="burst"), library)
+    burst = {i for i, t in enumerate(sfh) if t == "burst"}
+    assert set(held["holdout"].tolist()) == burst and len(burst) > 0
+    for name in ("train", "val", "test"):
+        assert set(held[name].tolist()) == set(plain[name].tolist()) - burst
+    small = train.run_splits(train.TrainConfig(train_seds=100, holdout_sfh="burst"), library)
+    assert small["train"].numel() == 100 and set(small["train"].tolist()) <= set(held["train"].tolist())
+    assert torch.equal(small["test"], held["test"]) and torch.equal(small["val"], held["val"])
+    spread = small["train"].float()  # a random subset, not the first 100 indices
+    assert spread.max() > 0.8 * len(library)
+    with pytest.raises(ValueError, match="no such recipe"):
+        train.run_splits(train.TrainConfig(holdout_sfh="steady"), library)
+    with pytest.raises(ValueError, match="train_seds"):
+        train.run_splits(train.TrainConfig(train_seds=10**6), library)
+    with pytest.raises(SystemExit, match="train_seds must be >= 0"):
+        train.main(["--train-seds", "-1"])
+
+
 def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     """A run killed with SIGKILL (no chance to save) resumes from its last periodic checkpoint and ends with
     exactly the weights of an uninterrupted run."""

@@ -61,6 +61,8 @@ class TrainConfig:
     z_min: float = field(default=1.0, metadata={"help": "lowest redshift drawn (and first bin edge)"})
     z_max: float = field(default=1.8, metadata={"help": "redshifts are drawn below this (last bin edge)"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split by SED"})
+    train_seds: int = field(default=0, metadata={"help": "train on only this many of the training SEDs, a seeded random subset (0: all)"})
+    holdout_sfh: str = field(default="", metadata={"help": "keep every SED of this star-formation-history recipe (library params sfh_type) out of training, as a 'holdout' test set"})
     model: str = field(default="resnet1d", metadata={"help": "network: resnet1d, paper-cnn"})
     estimator: str = field(default="classification", metadata={"help": "regression, classification, distribution"})
     n_bins: int = field(default=800, metadata={"help": "redshift bins of the binned estimators"})
@@ -142,6 +144,8 @@ def check_config(c: TrainConfig) -> None:
     for name in ("steps", "batch_size", "eval_every", "n_val", "n_test", "n_bins"):
         if getattr(c, name) < 1:
             problems.append(f"{name} must be >= 1")
+    if c.train_seds < 0:
+        problems.append("train_seds must be >= 0")
     if not (0.0 <= c.mask_prob <= 1.0) or c.max_gap < 1:
         problems.append("need 0 <= mask_prob <= 1 and max_gap >= 1")
     if not (0 <= c.z_min < c.z_max):
@@ -167,9 +171,32 @@ def make_instrument(c: TrainConfig) -> Instrument:
     return Instrument.preset(c.instrument, NoiseModel(c.noise, snr=(c.snr_min, c.snr_max)))
 
 
+def run_splits(c: TrainConfig, library: SEDLibrary) -> dict:
+    """{"train", "val", "test"[, "holdout"]} → SED indices: ``split_by_sed`` of the library; with ``holdout_sfh``,
+    the SEDs of that recipe are taken out of all three and form "holdout"; with ``train_seds``, a seeded random
+    subset of the training SEDs (val and test unchanged, so runs of different sizes share their test set)."""
+    splits = split_by_sed(len(library), seed=c.split_seed)
+    if c.holdout_sfh:
+        sfh = library.params.get("sfh_type")
+        if sfh is None:
+            raise ValueError("holdout_sfh needs a library with an sfh_type parameter (zfast-sed build libraries have one)")
+        held = torch.tensor([str(t) == c.holdout_sfh for t in sfh], dtype=torch.bool)
+        if not bool(held.any()):
+            raise ValueError(f"holdout_sfh {c.holdout_sfh!r}: no such recipe in the library ({sorted(set(map(str, sfh)))})")
+        splits = {name: part[~held[part]] for name, part in splits.items()}
+        splits["holdout"] = torch.nonzero(held).flatten()
+    if c.train_seds:
+        train = splits["train"]
+        if c.train_seds > train.numel():
+            raise ValueError(f"train_seds = {c.train_seds} but the training split has {train.numel()} SEDs")
+        pick = torch.randperm(train.numel(), generator=torch.Generator().manual_seed(c.split_seed + 1))[: c.train_seds]
+        splits["train"] = train[pick].sort().values
+    return splits
+
+
 def augmented(c: TrainConfig, library: SEDLibrary, instrument: Instrument, split: str, seed: int = 0) -> AugmentedSpectra:
-    """The on-the-fly spectra of one split of the library, as configured."""
-    return AugmentedSpectra(library, instrument, (c.z_min, c.z_max), split, c.batch_size, seed, split_seed=c.split_seed,
+    """The on-the-fly spectra of one split of the library (``run_splits``), as configured."""
+    return AugmentedSpectra(library, instrument, (c.z_min, c.z_max), run_splits(c, library)[split], c.batch_size, seed,
                             mask_prob=c.mask_prob, max_gap=c.max_gap)  # fmt: skip
 
 
@@ -313,7 +340,7 @@ def _run(c: TrainConfig, resume_state: Optional[dict], device: torch.device, ran
 
     library = load_library(c.library).to(device)
     instrument = make_instrument(c)
-    splits = split_by_sed(len(library), seed=c.split_seed)
+    splits = run_splits(c, library)
     if main_rank:
         save_splits(out / "splits.json", splits, n_seds=len(library), seed=c.split_seed, library=c.library)
     # Each rank draws its own stream, seeded from (seed, rank).

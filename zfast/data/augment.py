@@ -48,7 +48,7 @@ def save_splits(path, splits: dict, **provenance) -> None:
     """Write a split (``split_by_sed``'s dict) as JSON, with any provenance given (e.g. n_seds, fractions,
     seed, the library's path), atomically: a run folder holds the exact SEDs each set used."""
     record = dict(provenance)
-    record.update({name: [int(i) for i in torch.as_tensor(splits[name]).tolist()] for name in SPLITS})
+    record.update({name: [int(i) for i in torch.as_tensor(part).tolist()] for name, part in splits.items()})
     path = pathlib.Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps(record, indent=1))
@@ -61,7 +61,8 @@ def load_splits(path) -> dict:
     missing = [name for name in SPLITS if name not in record]
     if missing:
         raise ValueError(f"{path}: not a split file, missing {missing}")
-    splits = {name: torch.tensor(record.pop(name), dtype=torch.int64) for name in SPLITS}
+    names = list(SPLITS) + (["holdout"] if "holdout" in record else [])
+    splits = {name: torch.tensor(record.pop(name), dtype=torch.int64) for name in names}
     union = torch.cat(list(splits.values()))
     if union.unique().numel() != union.numel():
         raise ValueError(f"{path}: the train/val/test SED indices overlap")
