@@ -11,6 +11,7 @@ drawn log-uniform in 3-30, with masked gaps (zfast-train's defaults); a separate
 Test conditions: noiseless, white SNR 10, white SNR 3, Euclid-like (AB 19-22.5). Rows:
 * main: {paper-cnn, resnet1d} x {regression, classification 800 bins, classification 80 bins, distribution 800};
 * euclid: resnet1d classification 800 trained on Euclid-like noise;
+* no-schedule: resnet1d distribution 800 with the paper's loss from step 0 (the schedule's ablation);
 * size: resnet1d classification 800 trained on 800, 1600, 4000 SEDs (80 % of 1K, 2K, 5K) and on all;
 * chi2: the information limit, ``zfast.template_fit.template_fit_redshift`` on the very same test spectra.
 Every run is a zfast-train run in ``--work/<name>``; a finished run (its metrics.json exists) is reused, so an
@@ -57,6 +58,10 @@ def runs(args) -> dict:
         for name, estimator in ESTIMATORS.items():
             table[f"{model}/{name}"] = dict(base, model=model, **estimator)
     table["resnet1d/classification-800/euclid-trained"] = dict(base, model="resnet1d", noise="euclid", **ESTIMATORS["classification-800"])
+    # Ablation of the distribution estimator's schedule: the paper's 0.85·JS + 0.15·H against 1.5-bin labels from
+    # step 0 (no wide-label start, no entropy ramp).
+    table["resnet1d/distribution-800/no-schedule"] = dict(base, model="resnet1d", label_start_factor=1.0, schedule_fraction=0.0,
+                                                          **ESTIMATORS["distribution-800"])  # fmt: skip
     for size in SIZES:
         table[f"resnet1d/classification-800/{size}-seds"] = dict(base, model="resnet1d", train_seds=size, **ESTIMATORS["classification-800"])
     if args.steps:

@@ -221,6 +221,8 @@ def prepare_spectra(model: RedshiftModel, wavelength, flux, ivar=None, *, air: b
         if bool((ivar < 0).any()):
             raise ValueError("ivar has negative values (inverse variances are >= 0; use 0 to mask a pixel)")
     _check_grid(wavelength)
+    if wavelength.dim() == 2 and bool((wavelength == wavelength[:1]).all()):
+        wavelength = wavelength[0]  # one grid after all (e.g. a FITS table's per-row column): resample as a batch
     if air:
         wavelength = air_to_vacuum(wavelength)
     if flux_unit == "fnu":
@@ -527,6 +529,9 @@ def _id_text(value) -> str:
 
 
 class _FITSWriter:
+    """Collects the columns and writes one binary table at the end (the CSV writer streams; a FITS table of
+    millions of rows with P(z) needs rows x n_bins x 4 bytes of memory)."""
+
     def __init__(self, path: Path, pz: bool):
         try:
             from astropy.io import fits  # noqa: F401
