@@ -77,10 +77,12 @@ def test_other_estimators_train(tmp_path, estimator):
 
 
 def test_distribution_schedule_goes_from_wide_js_only_to_the_final_setting():
-    c = train.TrainConfig(estimator="distribution", steps=100, n_bins=800)
+    assert train.TrainConfig().lambda_ent == 0.0  # the measured default: JS alone after the ramp
+    c = train.TrainConfig(estimator="distribution", steps=100, n_bins=800, lambda_ent=0.15)  # the paper's λ2
     sigma0, lam0 = train.distribution_schedule(c, 0)
     sigma_end, lam_end = train.distribution_schedule(c, 50)
     assert lam0 == 0.0 and lam_end == pytest.approx(0.15)
+    assert train.distribution_schedule(c, 25)[1] == pytest.approx(0.075)
     assert sigma0 == pytest.approx(4 * sigma_end) and sigma_end == pytest.approx(1.5 * 0.001)
     assert train.distribution_schedule(c, 100) == (sigma_end, lam_end)
 
