@@ -100,9 +100,9 @@ def test_sets(c: train.TrainConfig, library, n: int) -> dict:
     return sets
 
 
-def score(c: train.TrainConfig, model, data, edges) -> dict:
-    flux, _, z, _ = data
-    prediction = train.predict(model, c, flux, edges)
+def score(c: train.TrainConfig, model, data, edges, calibration) -> dict:
+    flux, ivar, z, _ = data
+    prediction = train.predict(model, c, flux, edges, ivar=ivar, calibration=calibration)
     extra = {}
     if "summary" in prediction:
         s = prediction["summary"]
@@ -163,10 +163,13 @@ def main(argv=None) -> int:
         model = build_model(c.model, Instrument.preset(c.instrument).n_pixels, c.estimator, c.n_bins).to(device)
         model.load_state_dict(state["model"])
         edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
+        if c.estimator != "regression" and "temperatures" not in state.get("predict_stats", {}):
+            # Runs trained before zfast.calibration existed: fit (and store) their per-SNR temperatures now.
+            train.store_predict_stats(c, run_dir, run_dir / "best.pt", state, model, library, train.make_instrument(c), edges)
         entry = {"config": overrides, "step": state["step"], "train_seconds": _train_seconds(run_dir),
                  "n_train_seds": int(train.run_splits(c, library)["train"].numel())}  # fmt: skip
         for (split, condition), data in sets.items():
-            entry[f"{split}/{condition}"] = score(c, model, data, edges)
+            entry[f"{split}/{condition}"] = score(c, model, data, edges, state.get("predict_stats"))
         results["runs"][name] = entry
         _write(results_path, results)
     (out / "paper_table.md").write_text(markdown(results))

@@ -15,7 +15,8 @@ What happens to each spectrum, in the order training saw it (``zfast.data``):
    model pixels, conservative (larger) when upsampling, whose output pixels are correlated.
 3. ``normalise``, as in training: flux ÷ the continuum level of the valid pixels, masked pixels set to 0.
    Models trained with ``mask_prob`` > 0 (the default) saw such gaps.
-4. The network; for the binned estimators P(z) = softmax(logits) and ``pz_summary``: z is the refined mode,
+4. The network; for the binned estimators P(z) = softmax(logits / T) with T the checkpoint's temperature for the
+   spectrum's SNR (``zfast.calibration``; 1 for checkpoints without one) and ``pz_summary``: z is the refined mode,
    z_err the standard deviation of P(z), z_lo68/z_hi68 its equal-tailed 68 % interval. For regression z is
    the network's output and z_err = σ_NMAD·(1+z) of the validation set (stored in the checkpoint by
    zfast-train), the interval z ± z_err.
@@ -48,6 +49,7 @@ import torch
 from torch import nn
 
 from .bins import pz_summary, redshift_bin_edges, target_to_z
+from .calibration import calibrated_probs, spectrum_snr
 from .data.instrument import Instrument, normalise
 from .models import build_model
 from .ops.rebin import cumulative_at, pixel_edges
@@ -236,8 +238,7 @@ def prepare_spectra(model: RedshiftModel, wavelength, flux, ivar=None, *, air: b
         rows = [_resample(flux[i:i + 1], var[i:i + 1], valid[i:i + 1], wavelength[i], out_edges) for i in range(flux.shape[0])]
         flux_m, ivar_m, fraction = (torch.cat(parts) for parts in zip(*rows))
     flux_n, ivar_n, _ = normalise(flux_m, ivar_m)
-    # Continuum SNR per model pixel: the normalised continuum is ~1, so SNR ~ sqrt(ivar) (median over valid).
-    snr = torch.where(ivar_n > 0, ivar_n.sqrt(), math.nan).nanmedian(dim=1).values
+    snr = spectrum_snr(ivar_n)  # continuum SNR per model pixel: the normalised continuum is ~1
     return flux_n.to(device=model.device, dtype=torch.float32), fraction, snr
 
 
@@ -260,8 +261,9 @@ def check_coverage(model: RedshiftModel, wavelength, min_valid: float = 0.5, air
 
 # --- prediction ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = False) -> dict:
-    """z, z_err, z_lo68, z_hi68, ood_score, flag_z_range (and pz) for normalised spectra [B, M] on the model's pixels."""
+def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = False, snr: Optional[torch.Tensor] = None) -> dict:
+    """z, z_err, z_lo68, z_hi68, ood_score, flag_z_range (and pz) for normalised spectra [B, M] on the model's
+    pixels; ``snr`` [B] (``zfast.calibration.spectrum_snr``) picks the checkpoint's P(z) temperature."""
     model.network.eval()
     features, output = features_and_outputs(model.network, flux.to(model.device, torch.float32))
     edges = model.bin_edges.to(output.device)
@@ -272,7 +274,9 @@ def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = Fals
         z_err = scatter * (1.0 + z)
         result.update(z=z, z_err=z_err, z_lo68=z - z_err, z_hi68=z + z_err)
     else:
-        probs = torch.softmax(output.double(), dim=1)
+        if snr is None:
+            snr = torch.full((output.shape[0],), math.nan)
+        probs = calibrated_probs(output, snr, model.stats)
         s = pz_summary(probs, edges)
         result.update(z=s.z_mode, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68)
         if pz:
@@ -331,7 +335,7 @@ def predict(model: Union[RedshiftModel, str, os.PathLike], wavelength, flux, iva
 
 def _predict_chunk(model, wavelength, flux, ivar, air, flux_unit, pz, min_valid) -> dict:
     normalised, fraction, snr = prepare_spectra(model, wavelength, flux, ivar, air=air, flux_unit=flux_unit)
-    result = predict_normalised(model, normalised, pz)
+    result = predict_normalised(model, normalised, pz, snr)
     result["valid_fraction"], result["snr"] = fraction, snr
     result["flag_few_pixels"] = fraction < min_valid
     return result

@@ -44,6 +44,7 @@ from typing import Optional
 
 import torch
 
+from .calibration import calibrated_probs, fit_temperatures, spectrum_snr
 from .bins import pz_summary, redshift_bin_edges, soft_labels, target_to_z, z_to_bin, z_to_target
 from .data import AugmentedSpectra, Instrument, NoiseModel, SEDLibrary, save_splits, split_by_sed
 from .models import build_model
@@ -225,16 +226,19 @@ def training_loss(c: TrainConfig, output: torch.Tensor, z: torch.Tensor, edges: 
 
 
 @torch.no_grad()
-def predict(model, c: TrainConfig, flux: torch.Tensor, edges: torch.Tensor, chunk: int = 1024) -> dict:
-    """z (and for binned heads P(z), intervals) for a fixed set, in chunks."""
+def predict(model, c: TrainConfig, flux: torch.Tensor, edges: torch.Tensor, chunk: int = 1024,
+            ivar: Optional[torch.Tensor] = None, calibration: Optional[dict] = None) -> dict:  # fmt: skip
+    """z (and for binned heads P(z), intervals) for a fixed set, in chunks; with ``calibration`` (and the
+    spectra's ``ivar``), P(z) gets the per-SNR temperatures of zfast.calibration."""
     model.eval()
     outputs = torch.cat([model(flux[i:i + chunk]).float() for i in range(0, flux.shape[0], chunk)])
     model.train()
     if c.estimator == "regression":
-        return {"z": target_to_z(outputs[:, 0].double(), edges)}
-    probs = torch.softmax(outputs.double(), dim=1)
+        return {"z": target_to_z(outputs[:, 0].double(), edges), "outputs": outputs}
+    snr = spectrum_snr(ivar) if ivar is not None else torch.full((flux.shape[0],), math.nan, device=flux.device)
+    probs = calibrated_probs(outputs, snr, calibration if ivar is not None else None)
     summary = pz_summary(probs, edges)
-    return {"z": summary.z_mode, "probs": probs, "summary": summary}
+    return {"z": summary.z_mode, "probs": probs, "summary": summary, "outputs": outputs}
 
 
 def evaluate(model, c: TrainConfig, data: tuple, edges: torch.Tensor) -> tuple[dict, dict]:
@@ -478,14 +482,22 @@ def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, 
 
     n = max(1024, min(4096, c.n_val))
     train_flux = augmented(c, library, instrument, "train").fixed_set(n, seed=30_000 + c.split_seed)[0]
-    val_flux, _, val_z, _ = augmented(c, library, instrument, "val").fixed_set(n, seed=40_000 + c.split_seed)
+    val_flux, val_ivar, val_z, _ = augmented(c, library, instrument, "val").fixed_set(n, seed=40_000 + c.split_seed)
     model.eval()
     with torch.no_grad():
         train_features = torch.cat([features_and_outputs(model, train_flux[i:i + 1024])[0] for i in range(0, n, 1024)])
         val_features = torch.cat([features_and_outputs(model, val_flux[i:i + 1024])[0] for i in range(0, n, 1024)])
     model.train()
     stats = fit_ood(train_features, val_features)
-    stats["z_scatter"] = redshift_metrics(val_z.double().cpu(), predict(model, c, val_flux, edges)["z"].cpu())["sigma_nmad"]
+    val = predict(model, c, val_flux, edges)
+    stats["z_scatter"] = redshift_metrics(val_z.double().cpu(), val["z"].cpu())["sigma_nmad"]
+    if c.estimator != "regression":
+        # Per-SNR temperatures (zfast.calibration) from these validation spectra plus noiseless ones (top SNR bin).
+        quiet = Instrument(instrument.name, instrument.wave_edges, instrument.lsf_fwhm, NoiseModel("none"))
+        clean_flux, clean_ivar, clean_z, _ = augmented(c, library, quiet, "val").fixed_set(n // 4, seed=45_000 + c.split_seed)
+        clean = predict(model, c, clean_flux, edges)
+        stats.update(fit_temperatures(torch.cat([val["outputs"], clean["outputs"]]), torch.cat([val_z, clean_z]), edges,
+                                      torch.cat([spectrum_snr(val_ivar), spectrum_snr(clean_ivar)])))  # fmt: skip
     best["predict_stats"] = stats
     save_checkpoint(best_path, best)
     last_path = out / "last.pt"
@@ -507,7 +519,7 @@ def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict
     store_predict_stats(c, out, best_path, best, model, library, instrument, edges)
     data = augmented(c, library, instrument, "test")
     flux, ivar, z, sed_index = data.fixed_set(c.n_test, seed=20_000 + c.split_seed)
-    prediction = predict(model, c, flux, edges)
+    prediction = predict(model, c, flux, edges, ivar=ivar, calibration=best.get("predict_stats"))
     z_true, z_pred = z.double().cpu(), prediction["z"].cpu()
     groups = {}
     ew = library.params.get("ew_halpha")
