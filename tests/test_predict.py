@@ -65,6 +65,22 @@ def test_spectra_on_the_model_grid_get_exactly_the_training_prediction(trained, 
     assert got["snr"].min() > 1.5 and got["snr"].max() < 60
 
 
+def test_pz_carries_the_checkpoints_per_snr_temperature(model, test_spectra):
+    from zfast.calibration import calibrated_probs
+
+    instrument, flux, ivar, _ = test_spectra
+    temperatures = model.stats["temperatures"]
+    assert temperatures.numel() == 5 and (temperatures > 0).all() and not torch.equal(temperatures, torch.ones(5))
+    got = zfast.predict(model, instrument.wavelength, flux, ivar, pz=True)
+    normalised, _ = inference.prepare_spectra(model, instrument.wavelength, flux, ivar)[:2]
+    with torch.no_grad():
+        logits = model.network(normalised)
+    expected = calibrated_probs(logits, got["snr"], model.stats).float()
+    torch.testing.assert_close(got["pz"], expected, atol=1e-6, rtol=1e-4)
+    plain = torch.softmax(logits.double(), dim=1).float()
+    assert (got["pz"] - plain).abs().max() > 1e-3  # the temperature changed P(z)
+
+
 def test_invariant_to_flux_scale_finer_grid_air_fnu_and_chunks(model, test_spectra):
     instrument, flux, ivar, _ = test_spectra
     base = zfast.predict(model, instrument.wavelength, flux, ivar)
