@@ -36,9 +36,15 @@ def test_a_run_writes_its_folder(tmp_path):
     results = json.loads((out / "metrics.json").read_text())["test"]
     assert results["all"]["n"] == 96 and {"sigma_nmad", "outlier_01", "coverage68"} <= set(results["all"])
     assert {"ew<20", "ew>=20"} <= set(results)
-    assert sorted(p.name for p in (out / "plots").iterdir()) == sorted(
-        ["z_true_vs_pred.png", "dz_histogram.png", "learning_curves.png", "pz_examples.png", "pit_histogram.png"]
-    )
+    names = sorted(["z_true_vs_pred.png", "dz_histogram.png", "learning_curves.png", "pz_examples.png", "pit_histogram.png"])
+    assert sorted(p.name for p in (out / "plots").iterdir()) == names
+    # On demand: plots and test metrics redrawn from the run folder alone, identical metrics.
+    for p in (out / "plots").iterdir():
+        p.unlink()
+    (out / "metrics.json").unlink()
+    assert train.main(["--plots", str(out)]) == 0
+    assert sorted(p.name for p in (out / "plots").iterdir()) == names
+    assert json.loads((out / "metrics.json").read_text())["test"] == results
 
 
 def test_resume_continues_as_if_never_stopped(tmp_path, monkeypatch):

@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (then --config, then options)")
     parser.add_argument("--config", help="a TOML file of TrainConfig fields")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    parser.add_argument("--plots", metavar="RUN_DIR", help="on demand, also mid-run: evaluate RUN_DIR's best checkpoint on the test set, rewrite metrics.json and redraw plots/")
     for f in dataclasses.fields(TrainConfig):
         name = "--" + f.name.replace("_", "-")
         if f.type == "bool" or isinstance(f.default, bool):
@@ -551,8 +552,26 @@ def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict
     return results
 
 
+def plots_on_demand(run_dir: Path) -> dict:
+    """``finish`` for an existing run folder (finished or not): test metrics of its best checkpoint, plots."""
+    state = load_checkpoint(run_dir / "last.pt")
+    c = TrainConfig(**state["config"])
+    device = pick_device(c.device)
+    library = load_library(c.library).to(device)
+    instrument = make_instrument(c)
+    model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins).to(device)
+    edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
+    return finish(c, run_dir, model, instrument, library, edges)
+
+
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.plots:
+        try:
+            plots_on_demand(Path(args.plots))
+        except (ValueError, FileNotFoundError, ImportError) as error:
+            raise SystemExit(f"zfast-train: {error}") from error
+        return 0
     if args.resume:
         state = load_checkpoint(Path(args.resume) / "last.pt")
         config, resume_state = TrainConfig(**state["config"]), state
