@@ -58,6 +58,11 @@ def test_float16_needs_normalised_flux(tmp_path, generator):
     library.save(tmp_path / "small.npz", dtype="float16")
     loaded = zfast.SEDLibrary.load(tmp_path / "small.npz")
     torch.testing.assert_close(loaded.flux, library.flux, rtol=1e-3, atol=0)
+    # float16 npz files pack the flux losslessly: exactly the float16 values come back.
+    with np.load(tmp_path / "small.npz") as data:
+        assert "flux_packed" in data.files and "flux" not in data.files
+    expected = library.flux.numpy().astype(np.float16)
+    assert np.array_equal(loaded.flux.numpy().astype(np.float16).view(np.uint16), expected.view(np.uint16))
     wave = log_uniform_centres(3500.0, 10500.0, 1 / 500)
     bright = zfast.SEDLibrary(wave, torch.full((1, wave.numel()), 1e39, dtype=torch.float64))
     with pytest.raises(ValueError, match="beyond float16's 65504: normalise"):

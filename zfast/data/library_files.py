@@ -7,6 +7,7 @@ Reading never executes code from the file (``numpy.load(allow_pickle=False)``; H
 
 from __future__ import annotations
 
+import lzma
 import os
 import pathlib
 import tempfile
@@ -64,8 +65,33 @@ def save(library, path, dtype: str = "float32") -> None:
 
 
 def _write_npz(path, wavelength, flux, params) -> None:
+    columns = {PARAM_PREFIX + k: v for k, v in params.items()}
+    if flux.dtype == np.float16:
+        columns.update(flux_packed=pack_float16(flux), flux_shape=np.asarray(flux.shape, dtype=np.int64))
+    else:
+        columns["flux"] = flux
     with open(path, "wb") as stream:
-        np.savez(stream, wavelength=wavelength, flux=flux, **{PARAM_PREFIX + k: v for k, v in params.items()})
+        np.savez(stream, wavelength=wavelength, **columns)
+
+
+def pack_float16(flux: np.ndarray) -> np.ndarray:
+    """float16 [S, N] -> uint8 bytes, losslessly: the bit patterns differenced along each row (mod 2^16), their high
+    and low bytes grouped, then LZMA. Smooth SEDs make small differences, so this is ~2x smaller than zipped raw
+    float16 (the built-in library: 1.6 MB against 3.1 MB)."""
+    bits = np.ascontiguousarray(flux, dtype=np.float16).view(np.uint16)
+    delta = np.diff(bits, axis=1, prepend=np.zeros((bits.shape[0], 1), np.uint16))  # wraps mod 2^16
+    shuffled = np.concatenate([(delta >> 8).astype(np.uint8).ravel(), (delta & 0xFF).astype(np.uint8).ravel()])
+    return np.frombuffer(lzma.compress(shuffled.tobytes(), preset=9), dtype=np.uint8)
+
+
+def unpack_float16(packed: np.ndarray, shape) -> np.ndarray:
+    """The inverse of ``pack_float16``."""
+    shuffled = np.frombuffer(lzma.decompress(packed.tobytes()), dtype=np.uint8)
+    n = int(np.prod(shape))
+    if shuffled.size != 2 * n:
+        raise ValueError(f"packed flux holds {shuffled.size // 2} values, not {n} for shape {tuple(shape)}")
+    delta = (shuffled[:n].astype(np.uint16) << 8) | shuffled[n:].astype(np.uint16)
+    return np.cumsum(delta.reshape(shape), axis=1, dtype=np.uint16).view(np.float16)
 
 
 def _write_hdf5(path, wavelength, flux, params) -> None:
@@ -131,10 +157,12 @@ def _missing(path, found) -> ValueError:
 
 def _read_npz(path):
     with np.load(path, allow_pickle=False) as data:
-        if "wavelength" not in data.files or "flux" not in data.files:
+        packed = "flux_packed" in data.files and "flux_shape" in data.files
+        if "wavelength" not in data.files or not ("flux" in data.files or packed):
             raise _missing(path, data.files)
         params = {k[len(PARAM_PREFIX):]: data[k] for k in data.files if k.startswith(PARAM_PREFIX)}
-        return data["wavelength"], data["flux"], params
+        flux = unpack_float16(data["flux_packed"], tuple(data["flux_shape"])) if packed else data["flux"]
+        return data["wavelength"], flux, params
 
 
 def _read_hdf5(path):

@@ -173,7 +173,8 @@ class SEDLibrary:
         """Read a library from an .npz, HDF5 (.h5/.hdf5, needs h5py) or FITS (.fits/.fit, needs astropy) file.
 
         Layout (what ``save`` writes; files made elsewhere only need ``wavelength`` and ``flux``):
-            npz:  arrays ``wavelength`` [N], ``flux`` [S, N], and ``param_<name>`` [S] per parameter;
+            npz:  arrays ``wavelength`` [N], ``flux`` [S, N] (float16: ``flux_packed``, ``flux_shape``, the lossless
+                  row-delta + LZMA encoding of ``library_files.pack_float16``), and ``param_<name>`` [S] per parameter;
             HDF5: datasets ``wavelength``, ``flux`` and a group ``params`` of [S] datasets;
             FITS: image HDUs named WAVELENGTH and FLUX, and an optional binary table HDU named PARAMS.
         Wavelengths are rest-frame vacuum Å. Every problem (missing or mis-shaped arrays, unsorted or duplicate
