@@ -274,9 +274,8 @@ def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = Fals
         z_err = scatter * (1.0 + z)
         result.update(z=z, z_err=z_err, z_lo68=z - z_err, z_hi68=z + z_err)
     else:
-        if snr is None:
-            snr = torch.full((output.shape[0],), math.nan)
-        probs = calibrated_probs(output, snr, model.stats)
+        # Without the spectra's SNR, no temperature can be picked: the plain softmax.
+        probs = torch.softmax(output.double(), dim=1) if snr is None else calibrated_probs(output, snr, model.stats)
         s = pz_summary(probs, edges)
         result.update(z=s.z_mode, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68)
         if pz:

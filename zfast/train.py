@@ -236,8 +236,10 @@ def predict(model, c: TrainConfig, flux: torch.Tensor, edges: torch.Tensor, chun
     model.train()
     if c.estimator == "regression":
         return {"z": target_to_z(outputs[:, 0].double(), edges), "outputs": outputs}
-    snr = spectrum_snr(ivar) if ivar is not None else torch.full((flux.shape[0],), math.nan, device=flux.device)
-    probs = calibrated_probs(outputs, snr, calibration if ivar is not None else None)
+    if ivar is None:
+        probs = torch.softmax(outputs.double(), dim=1)
+    else:
+        probs = calibrated_probs(outputs, spectrum_snr(ivar), calibration)
     summary = pz_summary(probs, edges)
     return {"z": summary.z_mode, "probs": probs, "summary": summary, "outputs": outputs}
 
