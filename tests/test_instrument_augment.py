@@ -56,8 +56,16 @@ def test_single_line_through_the_pipeline_peaks_at_its_pixel(generator):
     flux, ivar, z, sed_index = next(pipeline)
     assert flux.shape == (64, 512) and flux.dtype == torch.float32 and z.dtype == torch.float64
     assert torch.isinf(ivar).all() and (sed_index == 0).all()
-    expected_pixel = torch.bucketize(6564.61 * (1 + z), pipeline.wave_edges, right=True) - 1
-    assert torch.equal(flux.argmax(dim=1), expected_pixel)
+    observed = 6564.61 * (1 + z)
+    expected_pixel = torch.bucketize(observed, pipeline.wave_edges, right=True) - 1
+    peak = flux.argmax(dim=1)
+    # A line within 3σ (rest σ = 0.2 Å) of a pixel edge splits its flux almost evenly: either side may win there.
+    edges = pipeline.wave_edges
+    to_lower, to_upper = observed - edges[expected_pixel], edges[expected_pixel + 1] - observed
+    near = 3 * 0.2 * (1 + z)
+    allowed = (peak == expected_pixel) | ((to_lower < near) & (peak == expected_pixel - 1)) | ((to_upper < near) & (peak == expected_pixel + 1))
+    assert allowed.all(), (peak[~allowed], expected_pixel[~allowed])
+    assert (peak == expected_pixel).float().mean() > 0.8
 
 
 def test_white_noise_reaches_the_requested_snr(generator):
