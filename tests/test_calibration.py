@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zfast.bins import pz_summary, redshift_bin_edges
-from zfast.calibration import SNR_EDGES, calibrated_probs, fit_temperatures, spectrum_snr
+from zfast.calibration import SNR_EDGES, calibrated_probs, calibrated_summary, fit_temperatures, spectrum_snr
 
 
 def _gaussian_logits(mu: torch.Tensor, sigma: float, edges: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,11 @@ def test_each_snr_bin_gets_the_temperature_that_calibrates_it():
     k_high = [i for i in range(len(SNR_EDGES) - 1) if SNR_EDGES[i] <= 25 < SNR_EDGES[i + 1]][0]
     # logits / T widens a Gaussian by sqrt(T): T = (σ_true/σ_pred)² = 1/9 and 4.
     assert t[k_low] == pytest.approx(1 / 9, rel=0.25) and t[k_high] == pytest.approx(4.0, rel=0.25)
-    assert t[0] == 1.0 and calibration["counts"][0] == 0  # an empty bin keeps T = 1
+    # Empty bins take the nearest fitted bin's temperature (the lower one on a tie); with no data at all, T = 1.
+    assert calibration["counts"][0] == 0 and calibration["counts"][-1] == 0
+    assert t[0] == t[k_low] and t[-1] == t[k_high]
+    empty = fit_temperatures(logits[:10], z[:10], edges, snr[:10])
+    assert torch.equal(empty["temperatures"], torch.ones(len(SNR_EDGES) - 1))
     fresh_mu = z + 0.004 * torch.randn(n, generator=g, dtype=torch.float64)  # fresh errors: no fitting to noise
     fresh = torch.cat([_gaussian_logits(fresh_mu[i:i + 1], float(sigma_pred[i]), edges) for i in range(n)])
     probs = calibrated_probs(fresh, snr, calibration)
@@ -58,3 +62,24 @@ def test_without_calibration_it_is_a_softmax_and_snr_reads_the_continuum():
     ivar[3] = 0.0
     snr = spectrum_snr(ivar)
     assert snr[0] == 10.0 and math.isinf(snr[1]) and snr[2] == 2.0 and math.isnan(snr[3])
+
+
+def test_a_temperature_never_moves_the_point_estimate():
+    """calibrated_summary: intervals from the calibrated P(z), z_mode from the plain softmax — even where a small
+    T underflows the peak's neighbours (a refinement on them would fall back to a coarser parabola)."""
+    g = torch.Generator().manual_seed(3)
+    edges = redshift_bin_edges(1.0, 1.8, 800)
+    z = 1.05 + 0.7 * torch.rand(200, generator=g, dtype=torch.float64)
+    logits = _gaussian_logits(z, 0.0001, edges) + 0.01 * torch.randn(200, 800, generator=g, dtype=torch.float64)  # sharp
+    snr = torch.full((200,), math.inf)
+    calibration = {"snr_edges": torch.tensor(SNR_EDGES, dtype=torch.float64),
+                   "temperatures": torch.full((len(SNR_EDGES) - 1,), 0.02, dtype=torch.float64)}  # fmt: skip
+    probs, summary = calibrated_summary(logits, snr, calibration, edges)
+    plain = pz_summary(torch.softmax(logits, dim=1), edges)
+    sharp = pz_summary(probs, edges)
+    torch.testing.assert_close(summary.z_mode, plain.z_mode, rtol=0, atol=0)
+    torch.testing.assert_close(summary.lo68, sharp.lo68, rtol=0, atol=0)
+    assert (plain.z_mode - z).abs().max() < 2e-5  # the plain refinement: a fiftieth of a bin here
+    assert (sharp.z_mode - z).abs().max() > (plain.z_mode - z).abs().max()  # the sharpened one is not
+    probs, summary = calibrated_summary(logits, None, calibration, edges)  # no SNR: plain softmax
+    torch.testing.assert_close(probs, torch.softmax(logits, dim=1))

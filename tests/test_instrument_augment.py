@@ -309,3 +309,38 @@ def test_pipeline_runs_on_the_gpu(generator):
     assert torch.isfinite(flux).all() and torch.isfinite(ivar).all()
     again = next(zfast.AugmentedSpectra(library, nisp, batch_size=64, seed=3))
     assert torch.equal(flux, again[0])
+
+
+def test_clean_spectra_match_the_noisy_ones_up_to_the_noise(generator):
+    library = random_library(generator, n_seds=5)
+    seed = int(torch.randint(0, 10_000, (1,), generator=generator))
+    instrument = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white", snr=(5.0, 20.0)))
+    pipeline = zfast.AugmentedSpectra(library, instrument, split=torch.arange(5), batch_size=8, seed=seed, mask_prob=0.5)
+    flux, ivar, z, sed, clean = pipeline.fixed_set(400, seed=seed, clean=True)
+    again = pipeline.fixed_set(400, seed=seed)  # the clean output draws nothing: same spectra
+    assert all(torch.equal(a, b) for a, b in zip((flux, ivar, z, sed), again))
+    valid = ivar > 0
+    pulls = ((flux - clean) * ivar.sqrt())[valid]
+    assert abs(pulls.mean().item()) < 0.02 and math.isclose(pulls.std().item(), 1.0, rel_tol=0.02)
+    noiseless = zfast.AugmentedSpectra(library, instrument.with_noise(zfast.NoiseModel("none")), split=torch.arange(5), seed=seed)
+    flux, ivar, *_, clean = noiseless.draw(64, clean=True)
+    torch.testing.assert_close(flux, clean)
+
+
+def test_halpha_snr_is_the_euclid_line_flux_over_its_limit(generator):
+    """A flat continuum plus an Hα line of known flux, at a fixed AB magnitude: the measured SNR must be
+    3.5 x (physical line flux / 2e-16 erg s⁻¹ cm⁻²)."""
+    line_flux, continuum, magnitude = 100.0, 1.0, float(20.5 + torch.rand(1, generator=generator))
+    library = line_library(continuum=continuum)
+    instrument = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("euclid", magnitude=(magnitude, magnitude)))
+    pipeline = zfast.AugmentedSpectra(library, instrument, split=torch.tensor([0]), seed=int(torch.randint(0, 999, (1,), generator=generator)))
+    flux, ivar, z, _, clean = pipeline.draw(256, clean=True)
+    snr = instrument.halpha_snr(clean, ivar, z)
+    band = (instrument.wave_edges[-1] - instrument.wave_edges[0]).item()
+    # Observed: continuum / (1+z), line flux unchanged; the spectrum is scaled so its band mean is f_λ(m).
+    mean_flux = continuum / (1 + z) + line_flux / band
+    physical = line_flux * instrument.ab_flux_density(magnitude) / mean_flux
+    torch.testing.assert_close(snr, 3.5 * physical / 2e-16, rtol=1e-2, atol=0)
+    assert torch.isinf(zfast.Instrument.preset("euclid-nisp-red").halpha_snr(clean, torch.full_like(ivar, math.inf), z)).all()
+    with pytest.raises(ValueError, match="LSF"):
+        zfast.Instrument.preset("paper").halpha_snr(clean, ivar, z)

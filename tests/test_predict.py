@@ -9,6 +9,7 @@ pixels are masked the way training masks them, and that bad input fails clearly 
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 import zfast
 from zfast import inference, train
+from zfast.calibration import SNR_EDGES
 from zfast.bins import redshift_bin_edges
 
 
@@ -25,7 +27,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     train.main(["--preset", "quick", "--model", "paper-cnn", "--n-bins", "80", "--steps", "150", "--eval-every", "150",
                 "--n-val", "512", "--n-test", "64", "--batch-size", "64", "--lr", "2e-3", "--out", str(out)])  # fmt: skip
-    config = train.TrainConfig(**train.load_checkpoint(out / "best.pt")["config"])
+    config = train.config_from_state(train.load_checkpoint(out / "best.pt"))
     return out / "best.pt", config
 
 
@@ -70,11 +72,12 @@ def test_pz_carries_the_checkpoints_per_snr_temperature(model, test_spectra):
 
     instrument, flux, ivar, _ = test_spectra
     temperatures = model.stats["temperatures"]
-    assert temperatures.numel() == 5 and (temperatures > 0).all() and not torch.equal(temperatures, torch.ones(5))
+    n_bins = len(SNR_EDGES) - 1
+    assert temperatures.numel() == n_bins and (temperatures > 0).all() and not torch.equal(temperatures, torch.ones(n_bins))
     got = zfast.predict(model, instrument.wavelength, flux, ivar, pz=True)
     normalised, _ = inference.prepare_spectra(model, instrument.wavelength, flux, ivar)[:2]
     with torch.no_grad():
-        logits = model.network(normalised)
+        logits = model.network(normalised)[:, :-1]  # the last output is P(outside) (model.outside)
     expected = calibrated_probs(logits, got["snr"], model.stats).float()
     torch.testing.assert_close(got["pz"], expected, atol=1e-6, rtol=1e-4)
     plain = torch.softmax(logits.double(), dim=1).float()
@@ -137,6 +140,31 @@ def test_ood_score_flags_what_the_model_never_saw(model, test_spectra):
     assert odd["flag_ood"].double().mean() >= 0.9
     assert good["flag_ood"].double().mean() <= 0.1
     assert odd["ood_score"].median() > 3 * good["ood_score"].median()
+
+
+def test_galaxies_beyond_the_trained_range_are_flagged(trained, model, test_spectra):
+    """The outside output (--outside-prob, default 0.1) flags test-SED galaxies at z the model never trained on,
+    where their lines mimic in-range ones; metrics.json records the same rates for its own test spectra."""
+    path, c = trained
+    instrument, flux, ivar, _ = test_spectra
+    inside = zfast.predict(model, instrument.wavelength, flux, ivar)
+    assert model.outside and inside["p_outside"].isfinite().all()
+    library = train.load_library(c.library)
+    g = torch.Generator().manual_seed(11)
+    sed = train.run_splits(c, library)["test"][torch.randint(0, 100, (120,), generator=g)]
+    z = torch.cat([0.8 + 0.15 * torch.rand(40, generator=g, dtype=torch.float64),  # below the range
+                   2.0 + 0.4 * torch.rand(80, generator=g, dtype=torch.float64)])  # above: Hα beyond the band  # fmt: skip
+    beyond_flux, beyond_ivar = instrument.observe(library.redshift_resample(sed, z, instrument.wave_edges).double(), g)
+    beyond = zfast.predict(model, instrument.wavelength, beyond_flux, beyond_ivar)
+    # This 150-step test model separates them only partly (the quick preset's: 1.2 % of in-range test spectra
+    # flagged, 60 % below the range, 93 % above): check the ranking (AUC) and the in-range false flags.
+    auc = (beyond["p_outside"][:, None] > inside["p_outside"][None, :]).double().mean()
+    assert auc > 0.75, auc
+    assert inside["flag_z_range"].double().mean() <= 0.1
+    torch.testing.assert_close(beyond["flag_z_range"], (beyond["p_outside"] > 0.5) | (beyond["z"] < 1.004) | (beyond["z"] > 1.796))
+    record = json.loads((path.parent / "metrics.json").read_text())["outside"]
+    assert record["in_range_flagged"] <= 0.1 and record["n_below"] + record["n_above"] >= 256
+    assert 0 <= record["below_flagged"] <= 1 and 0 <= record["above_flagged"] <= 1
 
 
 def _write_inputs(tmp_path, wavelength, flux, ivar, ids):
@@ -237,13 +265,16 @@ def test_bad_inputs_fail_clearly_and_write_nothing(trained, model, tmp_path):
 
 def test_regression_checkpoints_give_an_error_from_validation_scatter(tmp_path):
     train.main(["--preset", "quick", "--estimator", "regression", "--model", "paper-cnn", "--steps", "4", "--eval-every", "4",
-                "--n-val", "64", "--n-test", "32", "--batch-size", "32", "--out", str(tmp_path / "run")])  # fmt: skip
+                "--n-val", "64", "--n-test", "32", "--batch-size", "32", "--outside-prob", "0", "--out", str(tmp_path / "run")])  # fmt: skip
     model = zfast.load_model(tmp_path / "run" / "best.pt", "cpu")
+    assert not model.outside and "outside" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
     scatter = model.stats["z_scatter"]
     assert math.isfinite(scatter) and scatter > 0
     wave = model.instrument.wavelength
     got = zfast.predict(model, wave, 1.0 + 0.1 * torch.rand(5, wave.numel(), dtype=torch.float64))
     torch.testing.assert_close(got["z_err"], scatter * (1 + got["z"]))
     torch.testing.assert_close(got["z_hi68"] - got["z_lo68"], 2 * got["z_err"])
+    assert torch.isnan(got["p_outside"]).all()  # no outside output: only the range-end rule flags
+    torch.testing.assert_close(got["flag_z_range"], (got["z"] < 1.004) | (got["z"] > 1.796), rtol=0, atol=0)
     with pytest.raises(ValueError, match="no P"):
         inference.predict_file(model, "unused.npz", tmp_path / "z.csv", pz=True)

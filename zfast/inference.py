@@ -16,14 +16,19 @@ What happens to each spectrum, in the order training saw it (``zfast.data``):
 3. ``normalise``, as in training: flux ÷ the continuum level of the valid pixels, masked pixels set to 0.
    Models trained with ``mask_prob`` > 0 (the default) saw such gaps.
 4. The network; for the binned estimators P(z) = softmax(logits / T) with T the checkpoint's temperature for the
-   spectrum's SNR (``zfast.calibration``; 1 for checkpoints without one) and ``pz_summary``: z is the refined mode,
-   z_err the standard deviation of P(z), z_lo68/z_hi68 its equal-tailed 68 % interval. For regression z is
+   spectrum's SNR (``zfast.calibration``; 1 for checkpoints without one) and ``pz_summary``: z is the refined mode
+   (of the plain softmax: a temperature never moves it), z_err the standard deviation of P(z), z_lo68/z_hi68 its
+   equal-tailed 68 % interval. For regression z is
    the network's output and z_err = σ_NMAD·(1+z) of the validation set (stored in the checkpoint by
    zfast-train), the interval z ± z_err.
 
 Flags (booleans, never silently dropped rows):
-* ``flag_z_range``: z within 0.5 % of the trained range of either end: the model cannot answer outside
-  [z_min, z_max), and a galaxy beyond it is pushed to the nearest end.
+* ``flag_z_range``: the galaxy is likely outside the trained range [z_min, z_max), where the model cannot
+  answer: ``p_outside`` > 0.5, or z within 0.5 % of the range at either end (a galaxy just beyond it is pushed
+  to the nearest end). ``p_outside`` is the network's own output for "z outside the range", trained with
+  spectra of the same SEDs at every other redshift the library reaches (zfast-train ``--outside-prob``, default
+  0.1; NaN for checkpoints trained without it). Without it, galaxies far beyond the range are NOT flagged:
+  their lines land where other lines of in-range galaxies land ([OIII] at z = 2.1 where Hα is at z = 1.4).
 * ``flag_few_pixels``: fewer than ``min_valid`` (default 50 %) of the model's pixels are valid.
 * ``flag_ood``: the out-of-distribution score is above the checkpoint's threshold. The score is the squared
   Mahalanobis distance of the network's penultimate features from those of augmented training spectra,
@@ -48,16 +53,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bins import pz_summary, redshift_bin_edges, target_to_z
-from .calibration import calibrated_probs, spectrum_snr
+from .bins import redshift_bin_edges, target_to_z
+from .calibration import calibrated_summary, spectrum_snr
 from .data.instrument import Instrument, normalise
 from .models import build_model
 from .ops.rebin import cumulative_at, pixel_edges
 from .wavelengths import air_to_vacuum
 
-COLUMNS = ("id", "z", "z_err", "z_lo68", "z_hi68", "valid_fraction", "snr", "ood_score",
+COLUMNS = ("id", "z", "z_err", "z_lo68", "z_hi68", "valid_fraction", "snr", "ood_score", "p_outside",
            "flag_z_range", "flag_few_pixels", "flag_ood")  # fmt: skip
 Z_RANGE_MARGIN = 0.005  # share of the trained range at either end that raises flag_z_range
+OUTSIDE_THRESHOLD = 0.5  # P(outside the trained range) above which flag_z_range is raised
 OOD_QUANTILE = 0.99  # validation spectra below the OOD threshold
 OOD_SHRINKAGE = 1e-3  # covariance + 1e-3 · (mean variance) · I: a well-conditioned inverse
 
@@ -123,6 +129,11 @@ class RedshiftModel:
         return next(self.network.parameters()).device
 
     @property
+    def outside(self) -> bool:
+        """Whether the network has the "outside the trained range" output (trained with --outside-prob > 0)."""
+        return float(self.config.get("outside_prob", 0.0)) > 0
+
+    @property
     def z_range(self) -> tuple[float, float]:
         return float(self.bin_edges[0]), float(self.bin_edges[-1])
 
@@ -145,7 +156,7 @@ def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.dev
         raise ValueError(f"{path}: not a zfast-train checkpoint (no config/model)")
     c = state["config"]
     instrument = Instrument.preset(c["instrument"])
-    network = build_model(c["model"], instrument.n_pixels, c["estimator"], c["n_bins"])
+    network = build_model(c["model"], instrument.n_pixels, c["estimator"], c["n_bins"], float(c.get("outside_prob", 0.0)) > 0)
     try:
         network.load_state_dict(state["model"])
     except RuntimeError as error:
@@ -266,6 +277,7 @@ def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = Fals
     pixels; ``snr`` [B] (``zfast.calibration.spectrum_snr``) picks the checkpoint's P(z) temperature."""
     model.network.eval()
     features, output = features_and_outputs(model.network, flux.to(model.device, torch.float32))
+    output, outside = (output[:, :-1], output[:, -1]) if model.outside else (output, None)
     edges = model.bin_edges.to(output.device)
     result = {}
     if model.estimator == "regression":
@@ -275,8 +287,7 @@ def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = Fals
         result.update(z=z, z_err=z_err, z_lo68=z - z_err, z_hi68=z + z_err)
     else:
         # Without the spectra's SNR, no temperature can be picked: the plain softmax.
-        probs = torch.softmax(output.double(), dim=1) if snr is None else calibrated_probs(output, snr, model.stats)
-        s = pz_summary(probs, edges)
+        probs, s = calibrated_summary(output, snr, model.stats, edges)
         result.update(z=s.z_mode, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68)
         if pz:
             result["pz"] = probs.float()
@@ -286,10 +297,19 @@ def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = Fals
     else:
         result["ood_score"] = torch.full_like(result["z"], math.nan)
         result["flag_ood"] = torch.zeros_like(result["z"], dtype=torch.bool)
-    z_lo, z_hi = model.z_range
-    margin = Z_RANGE_MARGIN * (z_hi - z_lo)
-    result["flag_z_range"] = (result["z"] < z_lo + margin) | (result["z"] > z_hi - margin)
+    result["p_outside"] = torch.sigmoid(outside.double()) if outside is not None else torch.full_like(result["z"], math.nan)
+    result["flag_z_range"] = z_range_flag(result["z"], result["p_outside"], *model.z_range)
     return {k: v.cpu() for k, v in result.items()}
+
+
+def z_range_flag(z: torch.Tensor, p_outside: Optional[torch.Tensor], z_lo: float, z_hi: float) -> torch.Tensor:
+    """flag_z_range: the network's P(outside the trained range) > OUTSIDE_THRESHOLD (models trained with
+    ``--outside-prob``; NaN or None: no such output), or z within Z_RANGE_MARGIN of either end of the range."""
+    margin = Z_RANGE_MARGIN * (z_hi - z_lo)
+    flag = (z < z_lo + margin) | (z > z_hi - margin)
+    if p_outside is not None:
+        flag = flag | (p_outside.to(flag.device) > OUTSIDE_THRESHOLD)
+    return flag
 
 
 def predict(model: Union[RedshiftModel, str, os.PathLike], wavelength, flux, ivar=None, *, air: bool = False,
@@ -307,8 +327,8 @@ def predict(model: Union[RedshiftModel, str, os.PathLike], wavelength, flux, iva
             grids covering less of the model's range raise ValueError.
 
     Returns:
-        dict of CPU tensors [B]: z, z_err, z_lo68, z_hi68 (float64), valid_fraction, snr, ood_score (float64),
-        flag_z_range, flag_few_pixels, flag_ood (bool), and pz [B, K] float32 when asked (see the module
+        dict of CPU tensors [B]: z, z_err, z_lo68, z_hi68 (float64), valid_fraction, snr, ood_score, p_outside
+        (float64), flag_z_range, flag_few_pixels, flag_ood (bool), and pz [B, K] float32 when asked (see the module
         docstring for their meaning). Rows stay in input order; none are dropped.
     """
     if not isinstance(model, RedshiftModel):

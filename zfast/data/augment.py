@@ -149,8 +149,10 @@ class AugmentedSpectra:
     def __next__(self):
         return self.draw(self.batch_size)
 
-    def draw(self, n_spectra: int):
-        """One batch of ``n_spectra`` spectra from the running random stream."""
+    def draw(self, n_spectra: int, clean: bool = False):
+        """One batch of ``n_spectra`` spectra from the running random stream. With ``clean=True`` a fifth tensor
+        [B, M] follows: the same spectra before noise and gaps (through the LSF), divided by the same per-spectrum
+        scale as ``flux`` (for truth-based diagnostics such as ``Instrument.halpha_snr``; same random stream)."""
         g = self.generator
         pick = torch.randint(0, self.sed_indices.numel(), (n_spectra,), generator=g, device=self.device)
         sed_index = self.sed_indices[pick]
@@ -167,7 +169,9 @@ class AugmentedSpectra:
         flux, ivar = self.instrument.observe(spectra, g)
         if self.mask_prob > 0:
             ivar = self._mask_gaps(ivar, g)
-        flux, ivar, _ = normalise(flux, ivar)
+        flux, ivar, scale = normalise(flux, ivar)
+        if clean:
+            return flux, ivar, z, sed_index, self.instrument.convolve_lsf(spectra) / scale
         return flux, ivar, z, sed_index
 
     def _mask_gaps(self, ivar: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -180,13 +184,14 @@ class AugmentedSpectra:
         gap = has_gap & (pixel >= start) & (pixel < start + length)
         return ivar.masked_fill(gap, 0.0)
 
-    def fixed_set(self, n_spectra: int, seed: int) -> tuple:
+    def fixed_set(self, n_spectra: int, seed: int, clean: bool = False) -> tuple:
         """``n_spectra`` spectra drawn from their own generator seeded with ``seed``: identical on every call
-        and every run (for validation and test sets), leaving the running stream untouched."""
+        and every run (for validation and test sets), leaving the running stream untouched. ``clean``: as
+        ``draw``."""
         running = self.generator
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         try:
-            return self.draw(n_spectra)
+            return self.draw(n_spectra, clean=clean)
         finally:
             self.generator = running
 

@@ -176,6 +176,47 @@ class Instrument:
         n_pixels = 2.0 * self.lsf_fwhm / pixel
         return EUCLID_LINE_FLUX_LIMIT / (EUCLID_LINE_SNR_AT_LIMIT * pixel * math.sqrt(n_pixels))
 
+    def halpha_snr(self, clean: torch.Tensor, ivar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """[B] float64: the expected detection SNR of the Hα + [NII] blend of noiseless spectra ``clean`` [B, M]
+        at redshifts ``z`` [B], against the noise of ``ivar`` [B, M] (same units: ``AugmentedSpectra.draw(...,
+        clean=True)`` gives both), in the Euclid survey's convention: line flux / (σ · Δλ · √n), n = 2·FWHM/Δλ
+        pixels (two resolution elements; Δλ the mean pixel width, σ the median over valid pixels).
+
+        The line flux is measured as ``zfast.sed_builder.halpha_equivalent_width`` measures the EW, moved to the
+        observed frame: the integral of (f - c) over 6530-6600 Å rest (pixels by overlap), c a straight line
+        fitted to the pixels centred in 6470-6520 and 6610-6660 Å rest. Under the "euclid" noise model SNR >= 3.5
+        is exactly Hα + [NII] >= 2e-16 erg s⁻¹ cm⁻²: the survey's flux limit, i.e. the galaxies it targets."""
+        from ..sed_builder import EW_BLUE_CONTINUUM, EW_LINE_WINDOW, EW_RED_CONTINUUM
+
+        if self.lsf_fwhm is None:
+            raise ValueError("halpha_snr needs an instrument with an LSF (the survey's SNR is over its resolution)")
+        if clean.dim() != 2 or clean.shape[1] != self.n_pixels or ivar.shape != clean.shape or z.shape != clean.shape[:1]:
+            raise ValueError(f"need clean, ivar [B, {self.n_pixels}] and z [B], got {tuple(clean.shape)}, "
+                             f"{tuple(ivar.shape)}, {tuple(z.shape)}")  # fmt: skip
+        edges = self.wave_edges.to(clean.device)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        f = clean.double()
+        one_plus_z = (1.0 + z.double().to(clean.device))[:, None]
+        rest = centres[None, :] / one_plus_z
+        in_bands = ((rest >= EW_BLUE_CONTINUUM[0]) & (rest <= EW_BLUE_CONTINUUM[1])) | (
+            (rest >= EW_RED_CONTINUUM[0]) & (rest <= EW_RED_CONTINUUM[1]))  # fmt: skip
+        w = in_bands.double()
+        x = (rest - 6564.61) * w
+        # Per-row least squares c = a + b·x over the band pixels (2x2 normal equations).
+        n, sx, sxx = w.sum(1), x.sum(1), (x * x).sum(1)
+        sy, sxy = (f * w).sum(1), (f * x).sum(1)
+        det = n * sxx - sx * sx
+        b = (n * sxy - sx * sy) / det
+        a = (sy - b * sx) / n
+        continuum = a[:, None] + b[:, None] * (rest - 6564.61)
+        lo, hi = EW_LINE_WINDOW[0] * one_plus_z, EW_LINE_WINDOW[1] * one_plus_z
+        overlap = (torch.minimum(edges[None, 1:], hi) - torch.maximum(edges[None, :-1], lo)).clamp(min=0.0)
+        line_flux = (overlap * (f - continuum)).sum(1)
+        iv = ivar.double().to(clean.device)
+        sigma = torch.where(iv > 0, iv.rsqrt(), torch.full_like(iv, math.nan)).nanmedian(dim=1).values
+        pixel = ((edges[-1] - edges[0]) / self.n_pixels).item()
+        return line_flux / (sigma * pixel * math.sqrt(2.0 * self.lsf_fwhm / pixel))
+
     def ab_flux_density(self, magnitude):
         """f_λ (erg s⁻¹ cm⁻² Å⁻¹) of a source of AB magnitude ``magnitude`` at the band's centre wavelength."""
         centre = 0.5 * (self.wave_edges[0] + self.wave_edges[-1]).item()

@@ -107,11 +107,12 @@ class ResNet1D(nn.Module):
 MODELS = {"paper-cnn": PaperCNN, "resnet1d": ResNet1D}
 
 
-def build_model(name: str, n_pixels: int, estimator: str, n_bins: int) -> nn.Module:
-    """``MODELS[name](n_pixels, head_size(estimator, n_bins))``."""
+def build_model(name: str, n_pixels: int, estimator: str, n_bins: int, outside: bool = False) -> nn.Module:
+    """``MODELS[name](n_pixels, head_size(estimator, n_bins) + outside)``: with ``outside``, one more output last,
+    the logit of "this galaxy's z is outside the trained range" (zfast-train ``--outside-prob``)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name](n_pixels, head_size(estimator, n_bins))
+    return MODELS[name](n_pixels, head_size(estimator, n_bins) + int(bool(outside)))
 
 
 __all__ = ["ESTIMATORS", "MODELS", "PaperCNN", "ResNet1D", "build_model", "head_size"]
