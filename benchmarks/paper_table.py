@@ -14,7 +14,8 @@ Euclid-like spectra the survey targets (Hα + [NII] above its 2e-16 erg s⁻¹ c
 * euclid: resnet1d classification 800 trained on Euclid-like noise;
 * ablations of the distribution estimator: the paper's loss from step 0 (no-schedule), JS alone after the
   wide-label start (js-only, λ2 = 0), and an entropy bonus (entropy-bonus, λ2 = -0.05);
-* 4x-steps: the best of these (resnet1d, distribution, JS alone) trained 4x longer, on white and on Euclid-like noise;
+* 4x-steps, 8x-steps: the best of these (resnet1d, distribution, JS alone) trained 4x longer (on white and on
+  Euclid-like noise) and 8x longer (white; trained with the outside output, zfast-train's default since);
 * size: resnet1d classification 800 trained on 800, 1600, 4000 SEDs (80 % of 1K, 2K, 5K) and on all;
 * chi2: the information limit, ``zfast.template_fit.template_fit_redshift`` on the very same test spectra.
 Every run is a zfast-train run in ``--work/<name>``; a finished run (its metrics.json exists) is reused, so an
@@ -77,6 +78,8 @@ def runs(args) -> dict:
     # The best estimator trained 4x longer: how far do the targets move with steps?
     table["resnet1d/distribution-800/js-only/4x-steps"] = dict(base, model="resnet1d", lambda_ent=0.0, steps=4 * base["steps"],
                                                                eval_every=4 * base["eval_every"], **ESTIMATORS["distribution-800"])  # fmt: skip
+    table["resnet1d/distribution-800/js-only/8x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"],
+                                                               steps=8 * base["steps"], eval_every=8 * base["eval_every"])  # fmt: skip
     table["resnet1d/distribution-800/js-only/euclid-trained/4x-steps"] = dict(
         table["resnet1d/distribution-800/js-only/4x-steps"], noise="euclid")
     table["paper-cnn/distribution-800/entropy-bonus"] = dict(base, model="paper-cnn", lambda_ent=-0.05, **ESTIMATORS["distribution-800"])
