@@ -11,7 +11,7 @@ drawn log-uniform in 3-30, with masked gaps (zfast-train's defaults); a separate
 Test conditions: noiseless, white SNR 10, white SNR 3, Euclid-like (AB 19-22.5), and euclid-target: the
 Euclid-like spectra the survey targets (Hα + [NII] above its 2e-16 erg s⁻¹ cm⁻² limit). Rows:
 * main: {paper-cnn, resnet1d} x {regression, classification 800 bins, classification 80 bins, distribution 800};
-* euclid: resnet1d classification 800 trained on Euclid-like noise;
+* euclid: resnet1d classification 800 trained on Euclid-like noise (and 4x longer, with the outside output);
 * ablations of the distribution estimator: the paper's loss from step 0 (no-schedule), JS alone after the
   wide-label start (js-only, λ2 = 0), and an entropy bonus (entropy-bonus, λ2 = -0.05);
 * 4x-steps, 8x-steps: the best of these (resnet1d, distribution, JS alone) trained 4x longer (on white and on
@@ -80,6 +80,8 @@ def runs(args) -> dict:
                                                                eval_every=4 * base["eval_every"], **ESTIMATORS["distribution-800"])  # fmt: skip
     table["resnet1d/distribution-800/js-only/8x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"],
                                                                steps=8 * base["steps"], eval_every=8 * base["eval_every"])  # fmt: skip
+    table["resnet1d/classification-800/euclid-trained/4x-steps"] = dict(
+        table["resnet1d/classification-800/euclid-trained"], steps=4 * base["steps"], eval_every=4 * base["eval_every"])
     table["resnet1d/distribution-800/js-only/euclid-trained/4x-steps"] = dict(
         table["resnet1d/distribution-800/js-only/4x-steps"], noise="euclid")
     table["paper-cnn/distribution-800/entropy-bonus"] = dict(base, model="paper-cnn", lambda_ent=-0.05, **ESTIMATORS["distribution-800"])
