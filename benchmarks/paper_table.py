@@ -115,12 +115,15 @@ def test_sets(c: train.TrainConfig, library, n: int) -> dict:
         for condition, noise in CONDITIONS.items():
             instrument = Instrument.preset(c.instrument, noise)
             data = train.augmented(c, library, instrument, split)
-            *drawn, clean = data.fixed_set(n, seed=TEST_SEED + list(CONDITIONS).index(condition), clean=True)
+            seed = TEST_SEED + list(CONDITIONS).index(condition)
+            if condition != "euclid":
+                sets[split, condition] = data.fixed_set(n, seed=seed)
+                continue
+            *drawn, clean = data.fixed_set(n, seed=seed, clean=True)
             sets[split, condition] = tuple(drawn)
-            if condition == "euclid":
-                flux, ivar, z, _ = drawn
-                keep = instrument.halpha_snr(clean, ivar, z) >= EUCLID_LINE_SNR_AT_LIMIT
-                sets[split, EUCLID_TARGET] = tuple(t[keep] for t in drawn)
+            flux, ivar, z, _ = drawn
+            keep = instrument.halpha_snr(clean, ivar, z) >= EUCLID_LINE_SNR_AT_LIMIT
+            sets[split, EUCLID_TARGET] = tuple(t[keep] for t in drawn)
     return sets
 
 

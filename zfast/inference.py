@@ -131,7 +131,7 @@ class RedshiftModel:
     @property
     def outside(self) -> bool:
         """Whether the network has the "outside the trained range" output (trained with --outside-prob > 0)."""
-        return float(self.config.get("outside_prob", 0.0)) > 0
+        return _has_outside(self.config)
 
     @property
     def z_range(self) -> tuple[float, float]:
@@ -140,6 +140,10 @@ class RedshiftModel:
     def to(self, device) -> "RedshiftModel":
         self.network.to(device)
         return self
+
+
+def _has_outside(config: dict) -> bool:
+    return float(config.get("outside_prob", 0.0)) > 0  # checkpoints from before outside_prob: none
 
 
 def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.device, None] = None) -> RedshiftModel:
@@ -156,7 +160,7 @@ def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.dev
         raise ValueError(f"{path}: not a zfast-train checkpoint (no config/model)")
     c = state["config"]
     instrument = Instrument.preset(c["instrument"])
-    network = build_model(c["model"], instrument.n_pixels, c["estimator"], c["n_bins"], float(c.get("outside_prob", 0.0)) > 0)
+    network = build_model(c["model"], instrument.n_pixels, c["estimator"], c["n_bins"], _has_outside(c))
     try:
         network.load_state_dict(state["model"])
     except RuntimeError as error:

@@ -608,7 +608,7 @@ def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict
     strict = {group: {k: (v if math.isfinite(v) else None) for k, v in values.items()} for group, values in results.items()}
     record = {"step": best["step"], "test": strict}
     if c.outside_prob > 0:
-        record["outside"] = outside_detection(c, model, library, instrument, edges, prediction, best.get("predict_stats"))
+        record["outside"] = outside_detection(c, model, library, instrument, edges, prediction)
         print("flag_z_range (P(outside) > 0.5 or z at an end of the range): " + ", ".join(
             f"{k} {v:.3f}" for k, v in record["outside"].items() if k.endswith("flagged")), file=sys.stderr)  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(record, indent=1, allow_nan=False))
@@ -627,7 +627,7 @@ def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict
     return results
 
 
-def outside_detection(c: TrainConfig, model, library, instrument, edges, in_range: dict, calibration) -> dict:
+def outside_detection(c: TrainConfig, model, library, instrument, edges, in_range: dict) -> dict:
     """Shares of test spectra that zfast-predict would flag as outside the trained range
     (``zfast.inference.z_range_flag``): in range (``in_range``: ``predict`` of the test set), and below / above
     the range (fresh test-SED spectra at those redshifts)."""
@@ -637,8 +637,8 @@ def outside_detection(c: TrainConfig, model, library, instrument, edges, in_rang
         return z_range_flag(prediction["z"], prediction.get("p_outside"), c.z_min, c.z_max).double().mean().item()
 
     n = max(256, c.n_test // 2)
-    flux, ivar, z, _ = outside_stream(c, library, instrument, "test", n, 0).fixed_set(n, seed=25_000 + c.split_seed)
-    beyond = predict(model, c, flux, edges, ivar=ivar, calibration=calibration)
+    flux, _, z, _ = outside_stream(c, library, instrument, "test", n, 0).fixed_set(n, seed=25_000 + c.split_seed)
+    beyond = predict(model, c, flux, edges)  # z_mode and p_outside do not depend on the P(z) temperature
     result = {"in_range_flagged": flagged(in_range), "n_in_range": int(in_range["z"].numel())}
     for side, rows in (("below", z < c.z_min), ("above", z >= c.z_max)):
         picked = {k: beyond[k][rows] for k in ("z", "p_outside")}

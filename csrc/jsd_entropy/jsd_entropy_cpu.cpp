@@ -81,7 +81,6 @@ ZFAST_ALWAYS_INLINE float cpu_logf(float v) {
   const float series = s * (2.0f + s2 * (2.0f / 3.0f + s2 * (2.0f / 5.0f + s2 * (2.0f / 7.0f + s2 * (2.0f / 9.0f)))));
   return static_cast<float>(exponent) * 0.693147180559945309f + series;
 }
-ZFAST_ALWAYS_INLINE double cpu_logf(double v) { return log_of(v); }  // not called: the float path only
 
 template <typename T>
 struct Bits;
@@ -176,49 +175,52 @@ ZFAST_ALWAYS_INLINE void rows_body(const Params<T>& p, int64_t row_begin, int64_
       for (int64_t c = begin; c < end; ++c) {
         has_target = q[c] > T(0) ? 1 : has_target;
       }
-      if (has_target && std::is_same_v<T, float>) {
-        // float: both logs inline (cpu_logf, no call), so one loop does the whole chunk without spills.
+      if (has_target) {
+        if constexpr (std::is_same_v<T, float>) {
+          // float: both logs inline (cpu_logf, no call), so one loop does the whole chunk without spills.
 #pragma omp simd reduction(+ : js, entropy, p_weighted_g)
-        for (int64_t c = begin; c < end; ++c) {
-          const T prob = grad[c] * inv_s;
-          const T log_m = cpu_logf(log_m_argument(prob, q[c]));
-          const T log_q = cpu_logf(log_q_argument(q[c]));
-          const ClassTerms<T> terms = class_terms_from_logs(scratch_row[c] - log_s, prob, q[c], log_m, log_q,
-                                                            lambda_js, lambda_ent);
-          grad[c] = prob;
-          scratch_row[c] = terms.g;
-          js += terms.js;
-          entropy += terms.entropy;
-          p_weighted_g += prob * terms.g;
-        }
-      } else if (has_target) {
-        // double: the two logs (libmvec) get loops of their own: a libmvec call clobbers every vector register, so a loop that
-        // also carries the sums and the constants spills and reloads them around each call (18 % slower).
-        alignas(64) T log_m[kTargetChunk];
-        alignas(64) T log_q[kTargetChunk];
-        const int64_t n = end - begin;
-        const T* __restrict__ q_chunk = q + begin;
-        T* __restrict__ grad_chunk = grad + begin;
-        T* __restrict__ scratch_chunk = scratch_row + begin;
+          for (int64_t c = begin; c < end; ++c) {
+            const T prob = grad[c] * inv_s;
+            const T log_m = cpu_logf(log_m_argument(prob, q[c]));
+            const T log_q = cpu_logf(log_q_argument(q[c]));
+            const ClassTerms<T> terms = class_terms_from_logs(scratch_row[c] - log_s, prob, q[c], log_m, log_q,
+                                                              lambda_js, lambda_ent);
+            grad[c] = prob;
+            scratch_row[c] = terms.g;
+            js += terms.js;
+            entropy += terms.entropy;
+            p_weighted_g += prob * terms.g;
+          }
+        } else {
+          // double: the two logs (libmvec) get loops of their own: a libmvec call clobbers every vector
+          // register, so a loop that also carries the sums and the constants spills and reloads them around
+          // each call (18 % slower).
+          alignas(64) T log_m[kTargetChunk];
+          alignas(64) T log_q[kTargetChunk];
+          const int64_t n = end - begin;
+          const T* __restrict__ q_chunk = q + begin;
+          T* __restrict__ grad_chunk = grad + begin;
+          T* __restrict__ scratch_chunk = scratch_row + begin;
 #pragma omp simd
-        for (int64_t i = 0; i < n; ++i) {
-          log_m[i] = log_m_argument(grad_chunk[i] * inv_s, q_chunk[i]);
-          log_q[i] = log_q_argument(q_chunk[i]);
-        }
+          for (int64_t i = 0; i < n; ++i) {
+            log_m[i] = log_m_argument(grad_chunk[i] * inv_s, q_chunk[i]);
+            log_q[i] = log_q_argument(q_chunk[i]);
+          }
 #pragma omp simd
-        for (int64_t i = 0; i < n; ++i) log_m[i] = log_of(log_m[i]);
+          for (int64_t i = 0; i < n; ++i) log_m[i] = log_of(log_m[i]);
 #pragma omp simd
-        for (int64_t i = 0; i < n; ++i) log_q[i] = log_of(log_q[i]);
+          for (int64_t i = 0; i < n; ++i) log_q[i] = log_of(log_q[i]);
 #pragma omp simd reduction(+ : js, entropy, p_weighted_g)
-        for (int64_t i = 0; i < n; ++i) {
-          const T prob = grad_chunk[i] * inv_s;
-          const ClassTerms<T> terms = class_terms_from_logs(scratch_chunk[i] - log_s, prob, q_chunk[i], log_m[i],
-                                                            log_q[i], lambda_js, lambda_ent);
-          grad_chunk[i] = prob;
-          scratch_chunk[i] = terms.g;
-          js += terms.js;
-          entropy += terms.entropy;
-          p_weighted_g += prob * terms.g;
+          for (int64_t i = 0; i < n; ++i) {
+            const T prob = grad_chunk[i] * inv_s;
+            const ClassTerms<T> terms = class_terms_from_logs(scratch_chunk[i] - log_s, prob, q_chunk[i], log_m[i],
+                                                              log_q[i], lambda_js, lambda_ent);
+            grad_chunk[i] = prob;
+            scratch_chunk[i] = terms.g;
+            js += terms.js;
+            entropy += terms.entropy;
+            p_weighted_g += prob * terms.g;
+          }
         }
       } else {
 #pragma omp simd reduction(+ : js, entropy, p_weighted_g)
