@@ -90,16 +90,21 @@ PYBIND11_MODULE(_C, m) {
       [](std::uintptr_t cumulative, int64_t n_seds, int64_t n_rest_pixels, std::uintptr_t sed_index,
          std::uintptr_t z, int64_t batch, std::uintptr_t edge_position, std::uintptr_t inv_bin_width,
          int64_t n_bins, double ln_edge0, double dln, double inv_expm1_dln, float fill, std::uintptr_t out,
-         int n_threads) {
-        zfast::redshift_resample::launch_cpu(
-            make_redshift_resample_params(cumulative, n_seds, n_rest_pixels, sed_index, z, batch, edge_position,
-                                          inv_bin_width, n_bins, ln_edge0, dln, inv_expm1_dln, fill, out),
-            n_threads);
+         int n_threads, bool allow_avx512) {
+        auto params = make_redshift_resample_params(cumulative, n_seds, n_rest_pixels, sed_index, z, batch,
+                                                    edge_position, inv_bin_width, n_bins, ln_edge0, dln,
+                                                    inv_expm1_dln, fill, out);
+        params.allow_avx512 = allow_avx512;
+        zfast::redshift_resample::launch_cpu(params, n_threads);
       },
       py::arg("cumulative"), py::arg("n_seds"), py::arg("n_rest_pixels"), py::arg("sed_index"), py::arg("z"),
       py::arg("batch"), py::arg("edge_position"), py::arg("inv_bin_width"), py::arg("n_bins"),
       py::arg("ln_edge0"), py::arg("dln"), py::arg("inv_expm1_dln"), py::arg("fill"), py::arg("out"),
-      py::arg("n_threads"), py::call_guard<py::gil_scoped_release>());
+      py::arg("n_threads"), py::arg("allow_avx512") = true, py::call_guard<py::gil_scoped_release>());
+
+  m.def("redshift_resample_cpu_uses_avx512", &zfast::redshift_resample::cpu_uses_avx512,
+        "Whether redshift_resample_cpu runs its hand-written AVX-512 edge loop on this CPU (allow_avx512=False "
+        "selects the portable loop, for tests and benchmarks).");
 
   m.def(
       "redshift_resample_input_stats_cpu",

@@ -21,8 +21,9 @@ def reference(library, sed_index, z, edges, fill=math.nan):
     return redshift_resample_reference(library.cumulative, sed_index, z, edges, library.ln_edge0, library.dln, fill)
 
 
-def run_cpu_kernel(library, sed_index, z, edges, fill=math.nan, n_threads=2):
-    """Call the raw C++ launcher on an output pre-filled with a sentinel (an unwritten element would show)."""
+def run_cpu_kernel(library, sed_index, z, edges, fill=math.nan, n_threads=2, allow_avx512=True):
+    """Call the raw C++ launcher on an output pre-filled with a sentinel (an unwritten element would show).
+    allow_avx512=False forces the portable edge loop on CPUs where the hand-written AVX-512 one would run."""
     edges = edges.to(torch.float64)
     edge_position = torch.log(edges) / library.dln
     inv_bin_width = 1.0 / (edges[1:] - edges[:-1])
@@ -33,6 +34,7 @@ def run_cpu_kernel(library, sed_index, z, edges, fill=math.nan, n_threads=2):
         library.cumulative.data_ptr(), library.n_seds, library.n_pixels, sed_index.data_ptr(), z.data_ptr(),
         z.numel(), edge_position.data_ptr(), inv_bin_width.data_ptr(), edges.numel() - 1,
         library.ln_edge0, library.dln, 1.0 / math.expm1(library.dln), fill, out.data_ptr(), n_threads,
+        allow_avx512=allow_avx512,
     )  # fmt: skip
     return out
 
@@ -114,30 +116,53 @@ def test_matches_independent_rebin_of_the_redshifted_sed(generator):
 
 
 # --- native kernel vs the float64 reference -----------------------------------------------------------------
-@pytest.mark.parametrize("batch,n_bins", [(1, 512), (3, 37), (129, 511), (1100, 1000), (17, 1)])  # 1100 x 1000: 3 threads
+@pytest.mark.parametrize(
+    "batch,n_bins", [(1, 512), (3, 37), (129, 511), (1100, 1000), (17, 1)]
+)  # 1100 x 1000: 3 threads
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_native_cpu_kernel_matches_reference_and_writes_every_element(generator, batch, n_bins, n_threads):
+@pytest.mark.parametrize("allow_avx512", [True, False], ids=["edge-loop-auto", "edge-loop-portable"])
+def test_native_cpu_kernel_matches_reference_and_writes_every_element(
+    generator, batch, n_bins, n_threads, allow_avx512
+):
     library = random_library(generator, n_seds=31)
     edges = random_edges(generator, 12060.0, 18920.0, n_bins)
     z_min, z_max = library.z_range(edges)
     z = z_min + (z_max - z_min) * torch.rand(batch, dtype=torch.float64, generator=generator)
     sed_index = torch.randint(0, 31, (batch,), generator=generator)
-    out = run_cpu_kernel(library, sed_index, z, edges, n_threads=n_threads)
+    out = run_cpu_kernel(library, sed_index, z, edges, n_threads=n_threads, allow_avx512=allow_avx512)
     assert not (out == SENTINEL).any()
     assert_float32_close(out, reference(library, sed_index, z, edges))
 
 
 @pytest.mark.parametrize("dln", [1 / 500, 1 / 499, 0.01, 0.0499])
-def test_coarse_libraries_match_reference(generator, dln):
+@pytest.mark.parametrize("allow_avx512", [True, False], ids=["edge-loop-auto", "edge-loop-portable"])
+def test_coarse_libraries_match_reference(generator, dln, allow_avx512):
     """dlnλ above 1/500 switches the kernels' expm1 polynomial from degree 3 to 5; both sides of the switch
     and the library's cap agree with the reference, which calls expm1 itself."""
     library = random_library(generator, n_seds=5, lo=2000.0, hi=20000.0, dln=dln)
     edges = random_edges(generator, 12060.0, 18920.0, 97)
     z = 0.2 + 0.6 * torch.rand(50, dtype=torch.float64, generator=generator)
     sed_index = torch.randint(0, 5, (50,), generator=generator)
-    out = run_cpu_kernel(library, sed_index, z, edges)
+    out = run_cpu_kernel(library, sed_index, z, edges, allow_avx512=allow_avx512)
     assert not (out == SENTINEL).any()
     assert_float32_close(out, reference(library, sed_index, z, edges))
+
+
+def test_avx512_and_portable_edge_loops_agree(generator):
+    """The hand-written AVX-512 edge loop (where the CPU has it) and the portable one evaluate the same header
+    maths: on a NISP batch whose z reach both coverage limits they agree to a float32 rounding of the row."""
+    if not _native._C.redshift_resample_cpu_uses_avx512():
+        pytest.skip("this CPU runs the portable edge loop only")
+    library = random_library(generator, n_seds=17)
+    edges = nisp_edges()
+    z_min, z_max = library.z_range(edges)
+    z = z_min + (z_max - z_min) * torch.rand(301, dtype=torch.float64, generator=generator)
+    z[:2] = torch.tensor([z_min, z_max], dtype=torch.float64)
+    sed_index = torch.randint(0, 17, (301,), generator=generator)
+    fast = run_cpu_kernel(library, sed_index, z, edges, allow_avx512=True)
+    portable = run_cpu_kernel(library, sed_index, z, edges, allow_avx512=False)
+    scale = portable.abs().amax(dim=-1, keepdim=True)
+    assert torch.all((fast - portable).abs() <= 2.5e-7 * scale)
 
 
 def test_z_at_the_coverage_limits_is_served_exactly(generator):
@@ -179,12 +204,13 @@ def test_unchecked_call_never_reads_out_of_bounds(generator):
     torch.testing.assert_close(out, reference(library, sed_index, z, edges), equal_nan=True)
 
 
-def test_unchecked_nan_and_huge_z_stay_in_bounds(generator):
+@pytest.mark.parametrize("allow_avx512", [True, False], ids=["edge-loop-auto", "edge-loop-portable"])
+def test_unchecked_nan_and_huge_z_stay_in_bounds(generator, allow_avx512):
     """With validation off, NaN/inf/huge z give garbage or fill but never a read outside the library."""
     library = random_library(generator, n_seds=2)
     z = torch.tensor([math.nan, math.inf, 1e300, -0.9999, 1.3], dtype=torch.float64)
-    out = library.redshift_resample(torch.tensor([0, 1, 0, 1, 0]), z, nisp_edges(), check=False)
-    assert out.shape == (5, 512)
+    out = run_cpu_kernel(library, torch.tensor([0, 1, 0, 1, 0]), z, nisp_edges(), allow_avx512=allow_avx512)
+    assert out.shape == (5, 512) and not (out == SENTINEL).any()
     assert_float32_close(out[4:], reference(library, torch.tensor([0]), z[4:], nisp_edges()))
 
 
@@ -259,7 +285,12 @@ def test_empty_batch_returns_empty(generator):
         (torch.tensor([0, 1]), torch.tensor([1.2, -0.1]), r"z must be >= 0.*got z\[1\] = -0.1", ValueError),
         (torch.tensor([0, 1]), torch.tensor([1.2, math.nan]), r"non-finite.*z\[1\] = nan", ValueError),
         (torch.tensor([0, 1]), torch.tensor([math.inf, 1.0]), r"non-finite.*z\[0\] = inf", ValueError),
-        (torch.tensor([0, 3]), torch.tensor([1.2, 1.3]), r"sed_index must lie in \[0, 3\).*sed_index\[1\] = 3", ValueError),
+        (
+            torch.tensor([0, 3]),
+            torch.tensor([1.2, 1.3]),
+            r"sed_index must lie in \[0, 3\).*sed_index\[1\] = 3",
+            ValueError,
+        ),
         (torch.tensor([-1, 0]), torch.tensor([1.2, 1.3]), r"sed_index\[0\] = -1", ValueError),
         (torch.tensor([0, 1]), torch.tensor([1.2, 3.5]), r"z\[1\] = 3.5 is outside.*pass fill=", ValueError),
         (torch.tensor([0, 1, 2]), torch.tensor([1.2, 1.3]), "same length", ValueError),
@@ -280,7 +311,10 @@ def test_bad_inputs_raise_clear_errors(generator, sed_index, z, match, error):
     "edges, match",
     [
         (torch.tensor([12060.0]), "M\\+1 >= 2"),
-        (torch.tensor([12060.0, 12080.0, 12070.0, 12090.0]), r"wave_edges must be strictly increasing; wave_edges\[2\]"),
+        (
+            torch.tensor([12060.0, 12080.0, 12070.0, 12090.0]),
+            r"wave_edges must be strictly increasing; wave_edges\[2\]",
+        ),
         (torch.tensor([12060.0, math.nan, 12090.0]), "wave_edges has 1 non-finite"),
         (torch.tensor([-1.0, 12080.0, 12090.0]), "wave_edges must be positive"),
         (torch.tensor([[12060.0, 12070.0]]), "1-D"),

@@ -33,6 +33,10 @@
 
 #if defined(__CUDACC__)
 #define ZFAST_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always_inline: the CPU's AVX-512 edge loop instantiates the maths on vectors, which must be inlined into it
+// (a call would pass them by the baseline ABI).
+#define ZFAST_HD inline __attribute__((always_inline))
 #else
 #define ZFAST_HD inline
 #endif
@@ -57,6 +61,7 @@ struct Params {
   double inv_expm1_dln;          // 1/expm1(dln)
   float fill;
   float* out;                    // [batch, n_bins]
+  bool allow_avx512 = true;      // CPU only: false forces the portable edge loop (tests compare both)
 };
 
 ZFAST_HD double row_offset(double log1p_z, double ln_edge0, double dln) {
@@ -74,11 +79,19 @@ ZFAST_HD bool edge_above(double t, double n_rest_pixels) { return t > n_rest_pix
 // dln = 0.05). Degree 3 is 12 % faster on the CPU (measured) and is what every fine library gets.
 constexpr double kCubicMaxDln = 1.0 / 500.0;
 
-template <int Degree>
-ZFAST_HD double expm1_small(double x) {
+// T is double, or (in the CPU's AVX-512 edge loop) a GCC vector of doubles, whose operators broadcast the
+// scalar constants: the vector path evaluates this very expression, lane by lane.
+template <int Degree, typename T>
+ZFAST_HD T expm1_small(T x) {
   static_assert(Degree == 3 || Degree == 5, "degree 3 or 5");
   if (Degree == 3) return x * (1.0 + x * (0.5 + x * (1.0 / 6.0)));
   return x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0)))));
+}
+
+// C at fraction `weight` = expm1(x)/expm1(dln) of the way through a pixel whose edges hold c0 and c1.
+template <typename T>
+ZFAST_HD T interpolate(T c0, T c1, T weight) {
+  return c0 + (c1 - c0) * weight;
 }
 
 // C_s at rest position t (in pixels from e_0). Any t reads in bounds: t is clamped into [0, N], so t < 0
@@ -97,7 +110,7 @@ ZFAST_HD double cumulative_at(const double* cumulative_row, double t, int32_t la
   const double x = (t - static_cast<double>(k)) * dln;  // in [0, dln]
   const double c0 = cumulative_row[k];
   const double c1 = cumulative_row[k + 1];
-  return c0 + (c1 - c0) * (expm1_small<Degree>(x) * inv_expm1_dln);
+  return interpolate(c0, c1, expm1_small<Degree>(x) * inv_expm1_dln);
 }
 
 ZFAST_HD float bin_mean(double cumulative_lo, double cumulative_hi, double inv_bin_width) {
@@ -111,6 +124,7 @@ namespace zfast {
 namespace redshift_resample {
 // Launchers (redshift_resample_cpu.cpp, redshift_resample_cuda.cu). Pointers were validated in Python.
 void launch_cpu(const Params& params, int n_threads);
+bool cpu_uses_avx512();  // whether launch_cpu's edge loop is the hand-written AVX-512 one on this CPU
 
 // One pass over the inputs for Python's validation on the CPU (a dozen small torch ops cost ~0.2 ms).
 struct InputStats {

@@ -6,11 +6,24 @@
 // edges increase, so the uncovered bins are found by bisection and filled at the row's ends afterwards (no
 // per-edge coverage test, and no per-bin select, which kept GCC from vectorising the bin loop). The row
 // function is compiled for AVX-512, AVX2 and baseline x86-64 with target_clones and picked at load time,
-// so the wheel stays portable; the AVX2/AVX-512 clones vectorise the gathers (vgatherdpd).
+// so the wheel stays portable. GCC vectorises the arithmetic of the edge loop but emulates its two gathers
+// per edge (C_s[k] and C_s[k+1]) with 16 scalar loads and as many inserts per 8 edges, which made the loop
+// compute-bound at ~4 cycles per edge; on CPUs with AVX-512 the edge loop is therefore written by hand
+// (edges_avx512): C_s[k] and C_s[k+1] are adjacent, so each edge's pair comes in one 16-byte load and two
+// permutes split the 8 pairs into the two vectors (a hardware vgatherdpd pair was no faster than GCC's
+// emulation on Zen 4). Measured on the cache-resident library (S = 16, B = 4096, one thread, min of 60):
+// 3.1 -> 2.0 ms.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define ZFAST_HAVE_AVX512_EDGES 1
+#else
+#define ZFAST_HAVE_AVX512_EDGES 0
+#endif
 
 #include "common/parallel_rows.h"
 #include "redshift_resample.h"
@@ -59,6 +72,48 @@ RowStretch stretch_of(const Params& p, double offset, int64_t s) {
   return stretch;
 }
 
+#if ZFAST_HAVE_AVX512_EDGES
+// cum[j] = C_s(edge_position[j] - offset) for j in [j_begin, j_end) in steps of 8, the maths of cumulative_at
+// (the clamps, the truncation, expm1_small and interpolate evaluated on 8 lanes); returns the first j not
+// done, for the caller's scalar tail. A NaN t (validation off) becomes 0 at the first max, as in the header.
+template <int Degree>
+__attribute__((target("arch=x86-64-v4"))) int64_t edges_avx512(const double* __restrict__ row,
+                                                               const double* __restrict__ edge_position,
+                                                               int64_t j_begin, int64_t j_end, double offset,
+                                                               double n_rest, int32_t last_pixel, double dln,
+                                                               double inv_expm1_dln, double* __restrict__ cum) {
+  const __m512d v_offset = _mm512_set1_pd(offset);
+  const __m512d v_n_rest = _mm512_set1_pd(n_rest);
+  const __m256i v_last_pixel = _mm256_set1_epi32(last_pixel);
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  int64_t j = j_begin;
+  for (; j + 8 <= j_end; j += 8) {
+    __m512d t = _mm512_sub_pd(_mm512_loadu_pd(edge_position + j), v_offset);
+    t = _mm512_min_pd(_mm512_max_pd(t, _mm512_setzero_pd()), v_n_rest);
+    const __m256i k = _mm256_min_epi32(_mm512_cvttpd_epi32(t), v_last_pixel);
+    const __m512d x = (t - _mm512_cvtepi32_pd(k)) * dln;
+    alignas(32) int32_t pixel[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(pixel), k);
+    // (C[k_i], C[k_i + 1]) for i = 0..7, two per 256 bits, four per 512, then split into c0 and c1.
+    const __m256d pairs01 = _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(row + pixel[0])),
+                                                 _mm_loadu_pd(row + pixel[1]), 1);
+    const __m256d pairs23 = _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(row + pixel[2])),
+                                                 _mm_loadu_pd(row + pixel[3]), 1);
+    const __m256d pairs45 = _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(row + pixel[4])),
+                                                 _mm_loadu_pd(row + pixel[5]), 1);
+    const __m256d pairs67 = _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(row + pixel[6])),
+                                                 _mm_loadu_pd(row + pixel[7]), 1);
+    const __m512d pairs0123 = _mm512_insertf64x4(_mm512_castpd256_pd512(pairs01), pairs23, 1);
+    const __m512d pairs4567 = _mm512_insertf64x4(_mm512_castpd256_pd512(pairs45), pairs67, 1);
+    const __m512d c0 = _mm512_permutex2var_pd(pairs0123, even, pairs4567);
+    const __m512d c1 = _mm512_permutex2var_pd(pairs0123, odd, pairs4567);
+    _mm512_storeu_pd(cum + j, interpolate(c0, c1, expm1_small<Degree>(x) * inv_expm1_dln));
+  }
+  return j;
+}
+#endif
+
 template <int Degree>
 ZFAST_CPU_CLONES void resample_rows(const Params& p, int64_t row_begin, int64_t row_end) {
   // Everything the loops read, hoisted into restrict-qualified locals: the stores to `out` and the row
@@ -80,6 +135,9 @@ ZFAST_CPU_CLONES void resample_rows(const Params& p, int64_t row_begin, int64_t 
     offsets[b - row_begin] = row_offset(std::log1p(p.z[b]), p.ln_edge0, dln);
   }
   const int64_t n_chunks = (n_edges + kEdgesPerChunk - 1) / kEdgesPerChunk;
+#if ZFAST_HAVE_AVX512_EDGES
+  const bool use_avx512 = p.allow_avx512 && cpu_uses_avx512();
+#endif
 
   for (int64_t b = row_begin; b < row_end; ++b) {
     float* __restrict__ out = p.out + b * n_bins;
@@ -106,8 +164,15 @@ ZFAST_CPU_CLONES void resample_rows(const Params& p, int64_t row_begin, int64_t 
         __builtin_prefetch(next.begin + line * kDoublesPerLine, 0, 1);  // into L2 (prefetcht2)
       }
       const int64_t j_end = std::min(n_edges, (chunk + 1) * kEdgesPerChunk);
+      int64_t j_begin = chunk * kEdgesPerChunk;
+#if ZFAST_HAVE_AVX512_EDGES
+      if (use_avx512) {
+        j_begin = edges_avx512<Degree>(row, edge_position, j_begin, j_end, offset, n_rest, last_pixel, dln,
+                                       inv_expm1_dln, cum);
+      }
+#endif
 #pragma omp simd
-      for (int64_t j = chunk * kEdgesPerChunk; j < j_end; ++j) {
+      for (int64_t j = j_begin; j < j_end; ++j) {
         cum[j] = cumulative_at<Degree>(row, edge_position[j] - offset, last_pixel, dln, inv_expm1_dln);
       }
     }
@@ -122,6 +187,16 @@ ZFAST_CPU_CLONES void resample_rows(const Params& p, int64_t row_begin, int64_t 
 }
 
 }  // namespace
+
+bool cpu_uses_avx512() {
+#if ZFAST_HAVE_AVX512_EDGES
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vl");
+  return has;
+#else
+  return false;
+#endif
+}
 
 void launch_cpu(const Params& p, int n_threads) {
   if (p.n_bins <= 0) return;
