@@ -30,11 +30,16 @@ Flags (booleans, never silently dropped rows):
   0.1; NaN for checkpoints trained without it). Without it, galaxies far beyond the range are NOT flagged:
   their lines land where other lines of in-range galaxies land ([OIII] at z = 2.1 where Hα is at z = 1.4).
 * ``flag_few_pixels``: fewer than ``min_valid`` (default 50 %) of the model's pixels are valid.
-* ``flag_ood``: the out-of-distribution score is above the checkpoint's threshold. The score is the squared
-  Mahalanobis distance of the network's penultimate features from those of augmented training spectra,
-  divided by the feature dimension (Lee et al. 2018); zfast-train fits the mean and the (shrunk) covariance on
-  training spectra and sets the threshold at the 99th percentile of validation spectra (SEDs it never
-  trained on). Checkpoints without these statistics (a run stopped before its end) give NaN and no flag.
+* ``flag_ood``: the out-of-distribution score is above the checkpoint's threshold. Mahalanobis scores at
+  several depths of the network (Lee et al. 2018): for each layer the network names (``ood_taps``: the end of
+  each convolutional stage or residual block), the per-channel mean and standard deviation of its activations
+  over wavelength, and the penultimate features; each layer's squared Mahalanobis distance from augmented
+  training spectra, divided by the feature dimension, over its median on validation spectra; the score is the
+  largest of these ratios. zfast-train fits the means and the (shrunk) covariances on training spectra and sets
+  the threshold at the 99.5th percentile of validation spectra (SEDs it never trained on). The penultimate
+  features alone (what older checkpoints hold; still read) sit near the training mean for noise, power laws or
+  square waves fed to a ResNet1D; the early layers' channel statistics do not (measured: README). Checkpoints
+  without these statistics (a run stopped before its end) give NaN and no flag.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ COLUMNS = ("id", "z", "z_err", "z_lo68", "z_hi68", "valid_fraction", "snr", "ood
            "flag_z_range", "flag_few_pixels", "flag_ood")  # fmt: skip
 Z_RANGE_MARGIN = 0.005  # share of the trained range at either end that raises flag_z_range
 OUTSIDE_THRESHOLD = 0.5  # P(outside the trained range) above which flag_z_range is raised
-OOD_QUANTILE = 0.99  # validation spectra below the OOD threshold
+OOD_QUANTILE = 0.995  # validation spectra below the OOD threshold
 OOD_SHRINKAGE = 1e-3  # covariance + 1e-3 · (mean variance) · I: a well-conditioned inverse
 
 
@@ -79,37 +84,90 @@ def _last_linear(network: nn.Module) -> nn.Linear:
 def features_and_outputs(network: nn.Module, flux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(penultimate features [B, D], outputs [B, K]): the input of the network's last Linear layer, and its
     output. Call under ``torch.no_grad()`` with the network in eval mode."""
+    layers, output = ood_features(network, flux, taps=False)
+    return layers[-1], output
+
+
+def ood_taps(network: nn.Module) -> list:
+    """The modules whose activations the OOD score summarises: ``network.ood_taps()`` (zfast's models), none
+    for a network without that method (the penultimate features are always used)."""
+    taps = getattr(network, "ood_taps", None)
+    return list(taps()) if callable(taps) else []
+
+
+def channel_statistics(activation: torch.Tensor) -> torch.Tensor:
+    """[B, C, L] -> [B, 2C]: each channel's mean and (population) standard deviation over wavelength."""
+    a = activation.float()
+    return torch.cat([a.mean(dim=-1), a.std(dim=-1, correction=0)], dim=1)
+
+
+def ood_features(network: nn.Module, flux: torch.Tensor, taps: bool = True) -> tuple[list, torch.Tensor]:
+    """([channel statistics of each of ``ood_taps(network)`` in forward order..., penultimate features], outputs):
+    what the OOD score reads, from one forward pass. Call under ``torch.no_grad()`` in eval mode."""
     captured = []
-    handle = _last_linear(network).register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    modules = ood_taps(network) if taps else []
+    handles = [m.register_forward_hook(lambda module, inputs, output: captured.append(channel_statistics(output)))
+               for m in modules]  # fmt: skip
+    handles.append(_last_linear(network).register_forward_hook(
+        lambda module, inputs, output: captured.append(inputs[0].flatten(1))))  # fmt: skip
     try:
         output = network(flux)
     finally:
-        handle.remove()
-    return captured[0].flatten(1), output
+        for handle in handles:
+            handle.remove()
+    if len(captured) != len(modules) + 1:
+        raise RuntimeError(f"expected {len(modules) + 1} OOD feature blocks from one forward pass, got {len(captured)}")
+    return captured, output
 
 
-def fit_ood(train_features: torch.Tensor, val_features: torch.Tensor) -> dict:
-    """The OOD statistics zfast-train stores in its checkpoints: the mean and the inverse of the shrunk
-    covariance of training features, and the threshold (``OOD_QUANTILE`` of validation scores)."""
-    f = train_features.double().cpu()
+def _mahalanobis(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distance / feature dimension, float64 [B]."""
+    centred = features.double() - mean.to(features.device)
+    return ((centred @ precision.to(features.device)) * centred).sum(dim=1) / mean.numel()
+
+
+def _fit_gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    f = features.double().cpu()
     mean = f.mean(dim=0)
     centred = f - mean
     covariance = centred.T @ centred / max(1, f.shape[0] - 1)
     dim = covariance.shape[0]
     covariance += OOD_SHRINKAGE * covariance.diagonal().mean().clamp_min(1e-12) * torch.eye(dim, dtype=torch.float64)
-    precision = torch.cholesky_inverse(torch.linalg.cholesky(covariance))
-    stats = {"ood_mean": mean, "ood_precision": precision}
-    val_scores = ood_scores(val_features, stats)
-    stats["ood_threshold"] = float(torch.quantile(val_scores, OOD_QUANTILE))
+    return mean, torch.cholesky_inverse(torch.linalg.cholesky(covariance))
+
+
+def fit_ood(train_features, val_features) -> dict:
+    """The OOD statistics zfast-train stores in its checkpoints, from ``ood_features`` of training spectra
+    (lists of [N, D_l], or one tensor): per layer the mean and the inverse of the shrunk covariance, and the
+    median of the validation spectra's scores (each layer's scale); the threshold is the ``OOD_QUANTILE`` of the
+    validation spectra's combined scores."""
+    train_layers = [train_features] if torch.is_tensor(train_features) else list(train_features)
+    val_layers = [val_features] if torch.is_tensor(val_features) else list(val_features)
+    if len(train_layers) != len(val_layers):
+        raise ValueError(f"{len(train_layers)} training feature blocks but {len(val_layers)} validation ones")
+    means, precisions, scales = [], [], []
+    for train_layer, val_layer in zip(train_layers, val_layers):
+        mean, precision = _fit_gaussian(train_layer)
+        means.append(mean)
+        precisions.append(precision)
+        scales.append(_mahalanobis(val_layer.cpu(), mean, precision).median().clamp_min(1e-12))
+    stats = {"ood_means": means, "ood_precisions": precisions, "ood_scales": torch.stack(scales)}
+    stats["ood_threshold"] = float(torch.quantile(ood_scores(val_layers, stats), OOD_QUANTILE))
     return stats
 
 
-def ood_scores(features: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Squared Mahalanobis distance / feature dimension, float64 [B]."""
-    mean = stats["ood_mean"].to(features.device)
-    precision = stats["ood_precision"].to(features.device)
-    centred = features.double() - mean
-    return ((centred @ precision) * centred).sum(dim=1) / mean.numel()
+def ood_scores(features, stats: dict) -> torch.Tensor:
+    """The OOD score, float64 [B]: the largest over layers of (squared Mahalanobis distance / dimension) / the
+    layer's validation median. ``features``: ``ood_features``' list (or one tensor: the penultimate features).
+    Older checkpoints hold one layer, the penultimate features, unscaled (``ood_mean``)."""
+    layers = [features] if torch.is_tensor(features) else list(features)
+    if "ood_means" not in stats:
+        return _mahalanobis(layers[-1], stats["ood_mean"], stats["ood_precision"])
+    means, precisions, scales = stats["ood_means"], stats["ood_precisions"], stats["ood_scales"]
+    if len(layers) != len(means):
+        raise ValueError(f"the checkpoint's OOD statistics cover {len(means)} layers, the network gave {len(layers)}")
+    per_layer = [_mahalanobis(f, m, p) / float(s) for f, m, p, s in zip(layers, means, precisions, scales)]
+    return torch.stack(per_layer).amax(dim=0)
 
 
 @dataclass
@@ -280,7 +338,9 @@ def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = Fals
     """z, z_err, z_lo68, z_hi68, ood_score, flag_z_range (and pz) for normalised spectra [B, M] on the model's
     pixels; ``snr`` [B] (``zfast.calibration.spectrum_snr``) picks the checkpoint's P(z) temperature."""
     model.network.eval()
-    features, output = features_and_outputs(model.network, flux.to(model.device, torch.float32))
+    has_ood = "ood_means" in model.stats or "ood_mean" in model.stats
+    features, output = ood_features(model.network, flux.to(model.device, torch.float32),
+                                    taps="ood_means" in model.stats)  # fmt: skip
     output, outside = (output[:, :-1], output[:, -1]) if model.outside else (output, None)
     edges = model.bin_edges.to(output.device)
     result = {}
@@ -295,7 +355,7 @@ def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = Fals
         result.update(z=s.z_mode, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68)
         if pz:
             result["pz"] = probs.float()
-    if "ood_mean" in model.stats:
+    if has_ood:
         result["ood_score"] = ood_scores(features, model.stats)
         result["flag_ood"] = result["ood_score"] > float(model.stats["ood_threshold"])
     else:

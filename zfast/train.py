@@ -545,10 +545,10 @@ def _mean_over_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
 
 def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, model, library, instrument, edges) -> None:
     """What zfast-predict needs besides the weights, added to the best checkpoint (and to last.pt when it holds the
-    same weights): the OOD statistics of the penultimate features (zfast.inference.fit_ood: training spectra for
-    the mean and covariance, validation spectra for the threshold) and, for regression, the validation σ_NMAD
-    that becomes z_err."""
-    from .inference import features_and_outputs, fit_ood
+    same weights): the OOD statistics of the network's layers (zfast.inference.fit_ood: training spectra for
+    the means and covariances, validation spectra for the scales and the threshold) and, for regression, the
+    validation σ_NMAD that becomes z_err."""
+    from .inference import fit_ood, ood_features
     from .metrics import redshift_metrics
 
     n = max(1024, min(4096, c.n_val))
@@ -556,8 +556,10 @@ def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, 
     val_flux, val_ivar, val_z, _ = augmented(c, library, instrument, "val").fixed_set(n, seed=40_000 + c.split_seed)
     model.eval()
     with torch.no_grad():
-        train_features = torch.cat([features_and_outputs(model, train_flux[i:i + 1024])[0] for i in range(0, n, 1024)])
-        val_features = torch.cat([features_and_outputs(model, val_flux[i:i + 1024])[0] for i in range(0, n, 1024)])
+        train_features = [torch.cat(blocks) for blocks in zip(*(ood_features(model, train_flux[i:i + 1024])[0]
+                                                                for i in range(0, n, 1024)))]  # fmt: skip
+        val_features = [torch.cat(blocks) for blocks in zip(*(ood_features(model, val_flux[i:i + 1024])[0]
+                                                              for i in range(0, n, 1024)))]  # fmt: skip
     model.train()
     stats = fit_ood(train_features, val_features)
     val = predict(model, c, val_flux, edges)

@@ -47,6 +47,10 @@ class PaperCNN(nn.Module):
     def forward(self, flux: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(flux if flux.dim() == 3 else flux[:, None, :]))
 
+    def ood_taps(self) -> list:
+        """The end of each stage (its BatchNorm), whose activations the OOD score summarises."""
+        return [m for m in self.features if isinstance(m, nn.BatchNorm1d)]
+
 
 class ResidualBlock1D(nn.Module):
     """Conv-BN-SiLU-Conv-BN plus a (strided 1x1 when the shape changes) shortcut, then SiLU."""
@@ -102,6 +106,10 @@ class ResNet1D(nn.Module):
 
     def forward(self, flux: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(flux if flux.dim() == 3 else flux[:, None, :]))
+
+    def ood_taps(self) -> list:
+        """The stem's activation and every residual block, whose activations the OOD score summarises."""
+        return [m for m in self.features if isinstance(m, (nn.SiLU, ResidualBlock1D))]
 
 
 MODELS = {"paper-cnn": PaperCNN, "resnet1d": ResNet1D}
