@@ -344,3 +344,30 @@ def test_halpha_snr_is_the_euclid_line_flux_over_its_limit(generator):
     assert torch.isinf(zfast.Instrument.preset("euclid-nisp-red").halpha_snr(clean, torch.full_like(ivar, math.inf), z)).all()
     with pytest.raises(ValueError, match="LSF"):
         zfast.Instrument.preset("paper").halpha_snr(clean, ivar, z)
+
+
+def test_min_line_snr_keeps_only_spectra_above_the_line_flux_cut(generator):
+    """Lines of one flux at AB magnitudes 20-23.5: some above the survey's limit, some below. With min_line_snr
+    every spectrum drawn passes it (recomputed from its clean twin), batches stay full, and the stream is
+    reproducible; without it, the same draws hold spectra below the cut."""
+    library = line_library(continuum=1.0)
+    instrument = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("euclid", magnitude=(20.0, 23.5)))
+    seed = int(torch.randint(0, 10_000, (1,), generator=generator))
+    everything = zfast.AugmentedSpectra(library, instrument, split=torch.tensor([0]), seed=seed)
+    flux, ivar, z, _, clean = everything.draw(300, clean=True)
+    below = instrument.halpha_snr(clean, ivar, z) < 3.5
+    assert 0.1 < below.double().mean() < 0.9, below.double().mean()
+    selected = zfast.AugmentedSpectra(library, instrument, split=torch.tensor([0]), batch_size=100, seed=seed, min_line_snr=3.5)
+    flux, ivar, z, sed, clean = selected.draw(300, clean=True)
+    assert flux.shape == (300, 512) and z.shape == sed.shape == (300,)
+    assert (instrument.halpha_snr(clean, ivar, z) >= 3.5).all()
+    assert len(next(selected)) == 4 and next(selected)[0].shape == (100, 512)
+    again = zfast.AugmentedSpectra(library, instrument, split=torch.tensor([0]), seed=seed, min_line_snr=3.5)
+    assert torch.equal(again.draw(300)[0], flux)
+    with pytest.raises(ValueError, match="min_line_snr must be finite and >= 0"):
+        zfast.AugmentedSpectra(library, instrument, split=torch.tensor([0]), min_line_snr=-1.0)
+    with pytest.raises(ValueError, match="needs an instrument with an LSF"):
+        zfast.AugmentedSpectra(library, zfast.Instrument.preset("paper"), split=torch.tensor([0]), min_line_snr=3.5)
+    impossible = zfast.AugmentedSpectra(library, instrument, split=torch.tensor([0]), min_line_snr=1e12)
+    with pytest.raises(RuntimeError, match="only 0 of 10 spectra passed"):
+        impossible.draw(10)

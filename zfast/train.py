@@ -66,6 +66,7 @@ class TrainConfig:
     outside_prob: float = field(default=0.1, metadata={"help": "extra share of spectra per batch drawn at z outside [z_min, z_max) (where the library reaches), to train the network's 'outside the trained range' output (0: no such output)"})
     outside_weight: float = field(default=1.0, metadata={"help": "weight of the outside output's cross-entropy in the loss (measured: with 0.1 the quick preset flagged 0.40 instead of 0.89 of the spectra above the range; 1.0 cost a tiny 300-step paper-CNN distribution model 1.4-2.2x in σ_NMAD, ResNet1D classification nothing)"})
     max_gap: int = field(default=32, metadata={"help": "longest masked gap, in pixels"})
+    min_line_snr: float = field(default=0.0, metadata={"help": "train (and validate) only on spectra whose Hα + [NII] detection SNR is at least this (Euclid convention; 3.5 with --noise euclid is the survey's 2e-16 erg/s/cm² line-flux limit, i.e. the galaxies it targets); 0: all"})
     z_min: float = field(default=1.0, metadata={"help": "lowest redshift drawn (and first bin edge)"})
     z_max: float = field(default=1.8, metadata={"help": "redshifts are drawn below this (last bin edge)"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split by SED"})
@@ -157,6 +158,8 @@ def check_config(c: TrainConfig) -> None:
         problems.append("train_seds must be >= 0")
     if not (0.0 <= c.mask_prob <= 1.0) or c.max_gap < 1:
         problems.append("need 0 <= mask_prob <= 1 and max_gap >= 1")
+    if not (math.isfinite(c.min_line_snr) and c.min_line_snr >= 0):
+        problems.append("min_line_snr must be >= 0")
     if not (0 <= c.z_min < c.z_max):
         problems.append("need 0 <= z_min < z_max")
     if c.amp not in ("auto", "bf16", "off"):
@@ -206,7 +209,7 @@ def run_splits(c: TrainConfig, library: SEDLibrary) -> dict:
 def augmented(c: TrainConfig, library: SEDLibrary, instrument: Instrument, split: str, seed: int = 0) -> AugmentedSpectra:
     """The on-the-fly spectra of one split of the library (``run_splits``), as configured."""
     return AugmentedSpectra(library, instrument, (c.z_min, c.z_max), run_splits(c, library)[split], c.batch_size, seed,
-                            mask_prob=c.mask_prob, max_gap=c.max_gap)  # fmt: skip
+                            mask_prob=c.mask_prob, max_gap=c.max_gap, min_line_snr=c.min_line_snr)  # fmt: skip
 
 
 OUTSIDE_MARGIN = 1e-6  # keeps the outside draws strictly inside the library's coverage

@@ -87,6 +87,9 @@ class AugmentedSpectra:
             incomplete coverage arrive in real data), 1 to ``max_gap`` pixels long at a uniform position (it may
             run off either end). Masked pixels reach the network as 0 (``normalise``), exactly as
             ``zfast.predict`` passes masked pixels of real spectra. Default 0 (no gaps).
+        min_line_snr (float): keep only spectra whose Hα + [NII] detection SNR (``Instrument.halpha_snr``: the
+            Euclid survey's convention, >= 3.5 under the "euclid" noise model is its line-flux limit) is at least
+            this; the others are redrawn, so every batch holds ``batch_size`` selected spectra. Default 0 (all).
 
     flux and ivar are float32 and normalised per spectrum (``normalise``); z is float64 (exact labels);
     sed_index is int64.
@@ -105,7 +108,13 @@ class AugmentedSpectra:
         z_prior: Optional[tuple] = None,
         mask_prob: float = 0.0,
         max_gap: int = 32,
+        min_line_snr: float = 0.0,
     ):
+        if not math.isfinite(min_line_snr) or min_line_snr < 0:
+            raise ValueError(f"min_line_snr must be finite and >= 0, got {min_line_snr}")
+        if min_line_snr > 0 and instrument.lsf_fwhm is None:
+            raise ValueError("min_line_snr needs an instrument with an LSF (the line SNR is over its resolution)")
+        self.min_line_snr = float(min_line_snr)
         if not (0.0 <= mask_prob <= 1.0) or max_gap < 1:
             raise ValueError(f"need 0 <= mask_prob <= 1 and max_gap >= 1, got {mask_prob}, {max_gap}")
         self.mask_prob, self.max_gap = float(mask_prob), int(max_gap)
@@ -149,10 +158,29 @@ class AugmentedSpectra:
     def __next__(self):
         return self.draw(self.batch_size)
 
+    # Rounds of redrawing before min_line_snr gives up (each keeps its selected spectra).
+    MAX_SELECTION_ROUNDS = 50
+
     def draw(self, n_spectra: int, clean: bool = False):
         """One batch of ``n_spectra`` spectra from the running random stream. With ``clean=True`` a fifth tensor
         [B, M] follows: the same spectra before noise and gaps (through the LSF), divided by the same per-spectrum
         scale as ``flux`` (for truth-based diagnostics such as ``Instrument.halpha_snr``; same random stream)."""
+        if self.min_line_snr <= 0:
+            return self._draw(n_spectra, clean)
+        kept, n_kept = [], 0
+        for _ in range(self.MAX_SELECTION_ROUNDS):
+            # Draw what is missing, with headroom for the rejected share (one host synchronisation per round).
+            *batch, spectra_clean = self._draw(max(2 * (n_spectra - n_kept), 16), clean=True)
+            keep = self.instrument.halpha_snr(spectra_clean, batch[1], batch[2]) >= self.min_line_snr
+            kept.append([t[keep] for t in (*batch, spectra_clean)])
+            n_kept += int(keep.sum())
+            if n_kept >= n_spectra:
+                out = [torch.cat(parts)[:n_spectra] for parts in zip(*kept)]
+                return tuple(out) if clean else tuple(out[:4])
+        raise RuntimeError(f"min_line_snr = {self.min_line_snr}: only {n_kept} of {n_spectra} spectra passed after "
+                           f"{self.MAX_SELECTION_ROUNDS} rounds of drawing; is Hα within the instrument's band?")
+
+    def _draw(self, n_spectra: int, clean: bool = False):
         g = self.generator
         pick = torch.randint(0, self.sed_indices.numel(), (n_spectra,), generator=g, device=self.device)
         sed_index = self.sed_indices[pick]
