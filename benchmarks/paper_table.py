@@ -79,6 +79,8 @@ def runs(args) -> dict:
     # The best estimator trained 4x longer: how far do the targets move with steps?
     table["resnet1d/distribution-800/js-only/4x-steps"] = dict(base, model="resnet1d", lambda_ent=0.0, steps=4 * base["steps"],
                                                                eval_every=4 * base["eval_every"], **ESTIMATORS["distribution-800"])  # fmt: skip
+    table["resnet1d-wide/distribution-800/js-only/4x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"],
+                                                                    model="resnet1d-wide")  # fmt: skip
     table["resnet1d/distribution-800/js-only/8x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"],
                                                                steps=8 * base["steps"], eval_every=8 * base["eval_every"])  # fmt: skip
     table["resnet1d/classification-800/euclid-trained/4x-steps"] = dict(

@@ -54,6 +54,10 @@ def test_heads_per_estimator():
     assert head_size("classification", 80) == 80 and head_size("distribution", 800) == 800
     assert build_model("resnet1d", 512, "regression", 800)(torch.randn(2, 512)).shape == (2, 1)
     assert build_model("paper-cnn", 512, "distribution", 800)(torch.randn(2, 512)).shape == (2, 800)
+    wide = build_model("resnet1d-wide", 512, "classification", 800, outside=True)
+    assert wide(torch.randn(2, 512)).shape == (2, 801)
+    assert [m.out_channels for m in wide.modules() if isinstance(m, nn.Conv1d)][-1] == 128
+    assert 1.5e6 < sum(p.numel() for p in wide.parameters()) < 2.5e6
     with pytest.raises(ValueError, match="estimator must be one of"):
         head_size("ranking", 8)
     with pytest.raises(ValueError, match="model must be one of"):

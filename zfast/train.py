@@ -72,7 +72,7 @@ class TrainConfig:
     split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split by SED"})
     train_seds: int = field(default=0, metadata={"help": "train on only this many of the training SEDs, a seeded random subset (0: all)"})
     holdout_sfh: str = field(default="", metadata={"help": "keep every SED of this star-formation-history recipe (library params sfh_type) out of training, as a 'holdout' test set"})
-    model: str = field(default="resnet1d", metadata={"help": "network: resnet1d, paper-cnn"})
+    model: str = field(default="resnet1d", metadata={"help": "network: resnet1d, resnet1d-wide (2x the channels, ~3x the compute), paper-cnn"})
     estimator: str = field(default="classification", metadata={"help": "regression, classification, distribution"})
     n_bins: int = field(default=800, metadata={"help": "redshift bins of the binned estimators"})
     label_sigma_bins: float = field(default=1.5, metadata={"help": "distribution: soft-label σ, in bins"})

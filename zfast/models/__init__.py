@@ -112,7 +112,13 @@ class ResNet1D(nn.Module):
         return [m for m in self.features if isinstance(m, (nn.SiLU, ResidualBlock1D))]
 
 
-MODELS = {"paper-cnn": PaperCNN, "resnet1d": ResNet1D}
+def resnet1d_wide(n_pixels: int, n_outputs: int) -> ResNet1D:
+    """ResNet1D with twice the channels, (32, 64, 128, 128): 1.97 M parameters for 512 pixels and 800 bins,
+    ~3x the compute per step of the default (measured on 2 CPU cores: 0.51 vs 0.17 s per step of 256)."""
+    return ResNet1D(n_pixels, n_outputs, channels=(32, 64, 128, 128))
+
+
+MODELS = {"paper-cnn": PaperCNN, "resnet1d": ResNet1D, "resnet1d-wide": resnet1d_wide}
 
 
 def build_model(name: str, n_pixels: int, estimator: str, n_bins: int, outside: bool = False) -> nn.Module:
