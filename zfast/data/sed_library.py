@@ -11,6 +11,7 @@ import torch
 from ..ops._checks import FLOAT_DTYPES, as_grid, check_finite, check_increasing
 from ..ops.rebin import pixel_edges, rebin_edges_reference
 from ..ops.redshift_resample import coverage_z_range, redshift_resample
+from .huge_pages import on_huge_pages
 
 # A grid is taken as log-uniform when every ln(λ_k) is within this many pixels of the straight line
 # through the first and last (float32 wavelengths near 1 µm on a 1/2000 grid deviate by ~1e-4).
@@ -91,10 +92,10 @@ class SEDLibrary:
                 f"pass a finer dln or a finer library"
             )
         edges = self._edges_of(self.ln_edge0, self.dln, rest_flux.shape[1], rest_flux.device)
-        self.cumulative = torch.cat(
+        self.cumulative = on_huge_pages(torch.cat(
             [rest_flux.new_zeros((rest_flux.shape[0], 1)), torch.cumsum(rest_flux * (edges[1:] - edges[:-1]), dim=1)],
             dim=1,
-        )
+        ))  # fmt: skip
 
     @staticmethod
     def _edges_of(ln_edge0: float, dln: float, n_pixels: int, device) -> torch.Tensor:
@@ -105,6 +106,7 @@ class SEDLibrary:
     @classmethod
     def _from_cumulative(cls, cumulative: torch.Tensor, ln_edge0: float, dln: float, params: dict) -> "SEDLibrary":
         library = cls.__new__(cls)
+        cumulative = on_huge_pages(cumulative) if cumulative.device.type == "cpu" else cumulative
         library.cumulative, library.ln_edge0, library.dln, library.params = cumulative, ln_edge0, dln, params
         return library
 
