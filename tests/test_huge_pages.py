@@ -13,15 +13,20 @@ import zfast
 from zfast.data import huge_pages
 
 
-def anon_huge_bytes(address: int) -> int:
-    """AnonHugePages of the mapping of this process that holds ``address`` (/proc/self/smaps)."""
-    current = None
+def mapping_fields(address: int) -> dict:
+    """The /proc/self/smaps fields (AnonHugePages, VmFlags, ...) of the mapping that holds ``address``."""
+    fields, current = {}, False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         head = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
         if head:
+            if current:
+                return fields
             current = int(head.group(1), 16) <= address < int(head.group(2), 16)
-        elif current and line.startswith("AnonHugePages:"):
-            return int(line.split()[1]) * 1024
+        elif current:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    if current:
+        return fields
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
@@ -47,12 +52,15 @@ def test_large_tensors_are_copied_with_the_same_values(generator):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or thp_mode() == "never", reason="no transparent huge pages")
 def test_library_cumulative_lands_on_huge_pages(generator):
-    """A 64 MB library: its cumulative is backed (at least partly) by 2 MB pages, and serves the same spectra."""
+    """A 64 MB library: its cumulative lies in memory advised for huge pages (VmFlags "hg"; whether the kernel
+    then finds free 2 MB pages depends on the machine: 60 of 64 MB here), and holds the same values."""
     wavelength = torch.exp(torch.log(torch.tensor(3500.0)) + torch.arange(4000, dtype=torch.float64) / 2000)
     flux = torch.rand(2000, 4000, dtype=torch.float64, generator=generator) + 0.1
     library = zfast.SEDLibrary(wavelength, flux)
     cumulative = library.cumulative
-    assert anon_huge_bytes(cumulative.data_ptr() + cumulative.numel() * 4) >= huge_pages.HUGE_PAGE
+    fields = mapping_fields(cumulative.data_ptr() + cumulative.numel() * 4)
+    assert "hg" in fields["VmFlags"].split(), fields["VmFlags"]
+    print(f"AnonHugePages of the library's mapping: {fields.get('AnonHugePages')}")
     plain = torch.cat([torch.zeros(2000, 1, dtype=torch.float64),
                        torch.cumsum(library.flux * torch.diff(library.edges), dim=1)], dim=1)  # fmt: skip
     torch.testing.assert_close(cumulative, plain, rtol=1e-12, atol=0)
