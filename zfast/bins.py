@@ -192,6 +192,35 @@ def normalised_probs(probs: torch.Tensor, bin_edges) -> tuple[torch.Tensor, torc
     return p / total, edges
 
 
+def refined_mode(p: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """z_mode of ``pz_summary`` for probabilities ``p`` [B, C] (float64, rows normalised) over float64 ``edges``
+    [C+1] on p's device: the peak bin's centre moved to the vertex of the parabola through ln(density) at it and
+    its neighbours (a plain parabola if a neighbour is empty), by at most half a bin; the end bins unrefined."""
+    n_bins = edges.numel() - 1
+    width = edges[1:] - edges[:-1]
+    centre = 0.5 * (edges[1:] + edges[:-1])
+    peak = p.argmax(dim=1)
+    z_mode = centre[peak]
+    if n_bins < 3:
+        return z_mode
+    density = p / width
+    inner = peak.clamp(1, n_bins - 2)
+    x0, x1, x2 = centre[inner - 1], centre[inner], centre[inner + 1]
+    d = density.gather(1, torch.stack([inner - 1, inner, inner + 1], dim=1))
+    log_ok = (d > 0).all(dim=1)
+    y = torch.where(log_ok[:, None], torch.log(d.clamp_min(1e-300)), d)
+    y0, y1, y2 = y.unbind(dim=1)
+    # Vertex of the parabola through (x0, y0), (x1, y1), (x2, y2).
+    numerator = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    curved = denominator.abs() > 0
+    shift = torch.where(curved, -0.5 * numerator / torch.where(curved, denominator, 1.0), 0.0)
+    half = 0.5 * width[inner]
+    refined = x1 + shift.clamp(-half, half)
+    interior = (peak >= 1) & (peak <= n_bins - 2)
+    return torch.where(interior, refined, z_mode)
+
+
 def pz_summary(probs: torch.Tensor, bin_edges) -> PzSummary:
     """Point estimates, uncertainty and credible intervals of binned P(z).
 
@@ -209,7 +238,6 @@ def pz_summary(probs: torch.Tensor, bin_edges) -> PzSummary:
         lo68/hi68 and lo95/hi95, equal-tailed credible intervals from the piecewise-linear CDF.
     """
     p, edges = normalised_probs(probs, bin_edges)
-    n_bins = edges.numel() - 1
     width = edges[1:] - edges[:-1]
     centre = 0.5 * (edges[1:] + edges[:-1])
 
@@ -217,25 +245,7 @@ def pz_summary(probs: torch.Tensor, bin_edges) -> PzSummary:
     variance = p @ (centre**2 + width**2 / 12) - z_mean**2
     sigma = variance.clamp_min(0.0).sqrt()
 
-    peak = p.argmax(dim=1)
-    z_mode = centre[peak]
-    if n_bins >= 3:
-        density = p / width
-        inner = peak.clamp(1, n_bins - 2)
-        x0, x1, x2 = centre[inner - 1], centre[inner], centre[inner + 1]
-        d = density.gather(1, torch.stack([inner - 1, inner, inner + 1], dim=1))
-        log_ok = (d > 0).all(dim=1)
-        y = torch.where(log_ok[:, None], torch.log(d.clamp_min(1e-300)), d)
-        y0, y1, y2 = y.unbind(dim=1)
-        # Vertex of the parabola through (x0, y0), (x1, y1), (x2, y2).
-        numerator = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
-        denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
-        curved = denominator.abs() > 0
-        shift = torch.where(curved, -0.5 * numerator / torch.where(curved, denominator, 1.0), 0.0)
-        half = 0.5 * width[inner]
-        refined = x1 + shift.clamp(-half, half)
-        interior = (peak >= 1) & (peak <= n_bins - 2)
-        z_mode = torch.where(interior, refined, z_mode)
+    z_mode = refined_mode(p, edges)
 
     cdf = torch.cat([p.new_zeros(p.shape[0], 1), torch.cumsum(p, dim=1)], dim=1)
     cdf = cdf / cdf[:, -1:]

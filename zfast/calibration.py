@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .bins import PzSummary, pz_summary
+from .bins import PzSummary, pz_summary, refined_mode
 
 SNR_EDGES = (0.0, 2.0, 4.0, 6.0, 9.0, 13.0, 20.0, 40.0, math.inf)  # noiseless spectra (SNR = inf): the last bin
 TEMPERATURES = tuple(math.exp(math.log(0.02) + i * (math.log(10.0) - math.log(0.02)) / 120) for i in range(121))
@@ -80,7 +80,9 @@ def calibrated_summary(logits: torch.Tensor, snr: Optional[torch.Tensor], calibr
     if snr is None or not calibration or "temperatures" not in calibration:
         return plain, pz_summary(plain, bin_edges)
     probs = calibrated_probs(logits, snr, calibration)
-    return probs, pz_summary(probs, bin_edges)._replace(z_mode=pz_summary(plain, bin_edges).z_mode)
+    summary = pz_summary(probs, bin_edges)  # validates the edges
+    edges = torch.as_tensor(bin_edges, dtype=torch.float64).to(plain.device)
+    return probs, summary._replace(z_mode=refined_mode(plain, edges))
 
 
 def calibrated_probs(logits: torch.Tensor, snr: torch.Tensor, calibration: dict) -> torch.Tensor:

@@ -61,7 +61,7 @@ from torch import nn
 from .bins import redshift_bin_edges, target_to_z
 from .calibration import calibrated_summary, spectrum_snr
 from .data.instrument import Instrument, normalise
-from .models import build_model
+from .models import build_model, split_outside
 from .ops.rebin import cumulative_at, pixel_edges
 from .wavelengths import air_to_vacuum
 
@@ -341,7 +341,7 @@ def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = Fals
     has_ood = "ood_means" in model.stats or "ood_mean" in model.stats
     features, output = ood_features(model.network, flux.to(model.device, torch.float32),
                                     taps="ood_means" in model.stats)  # fmt: skip
-    output, outside = (output[:, :-1], output[:, -1]) if model.outside else (output, None)
+    output, outside = split_outside(output, model.outside)
     edges = model.bin_edges.to(output.device)
     result = {}
     if model.estimator == "regression":

@@ -47,7 +47,7 @@ import torch
 from .calibration import calibrated_summary, fit_temperatures, spectrum_snr
 from .bins import redshift_bin_edges, soft_labels, target_to_z, z_to_bin, z_to_target
 from .data import AugmentedSpectra, Instrument, NoiseModel, SEDLibrary, save_splits, split_by_sed
-from .models import build_model
+from .models import build_model, split_outside
 from .ops.jsd_entropy import jsd_entropy
 
 CHECKPOINT_VERSION = 1
@@ -248,15 +248,13 @@ def n_outside(c: TrainConfig) -> int:
 
 def split_head(c: TrainConfig, output: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(the estimator's outputs [B, K], the outside logit [B] or None)."""
-    if c.outside_prob > 0:
-        return output[:, :-1], output[:, -1]
-    return output, None
+    return split_outside(output, c.outside_prob > 0)
 
 
 def config_from_state(state: dict) -> TrainConfig:
     """The TrainConfig of a checkpoint; settings added since it was written take the value that reproduces it
     (no outside output before outside_prob existed)."""
-    return TrainConfig(**dict(dict(outside_prob=0.0), **state["config"]))
+    return TrainConfig(**{"outside_prob": 0.0, **state["config"]})
 
 
 def distribution_schedule(c: TrainConfig, step: int) -> tuple[float, float]:

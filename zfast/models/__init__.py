@@ -129,4 +129,10 @@ def build_model(name: str, n_pixels: int, estimator: str, n_bins: int, outside: 
     return MODELS[name](n_pixels, head_size(estimator, n_bins) + int(bool(outside)))
 
 
-__all__ = ["ESTIMATORS", "MODELS", "PaperCNN", "ResNet1D", "build_model", "head_size"]
+def split_outside(output: torch.Tensor, outside: bool) -> tuple:
+    """(the estimator's outputs [B, K], the "outside the trained range" logit [B] or None) of a network built
+    with ``build_model(..., outside)``: that logit is the last output."""
+    return (output[:, :-1], output[:, -1]) if outside else (output, None)
+
+
+__all__ = ["ESTIMATORS", "MODELS", "PaperCNN", "ResNet1D", "build_model", "head_size", "split_outside"]
