@@ -250,6 +250,8 @@ def markdown(results: dict) -> str:
     lines.append(f"Library {p.get('library')} ({p.get('n_seds')} SEDs), held-out recipe {p.get('holdout_sfh')!r}, "
                  f"{p.get('n_test')} test spectra per condition, {'quick CPU settings' if p.get('quick') else 'full settings'} "
                  f"on {p.get('device')}.\n")  # fmt: skip
+    if p.get("trained_on"):
+        lines.append(f"Trained on {p['trained_on']}.\n")
     lines.append("### Noiseless test SEDs, next to the talk (MSE / MAE / R²)\n")
     lines.append("| run | MSE | MAE | R² | talk MSE | talk MAE | talk R² | σ_NMAD | η(>0.003) | η(>0.01) | cov68 |")
     lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

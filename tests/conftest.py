@@ -11,6 +11,17 @@ import torch
 
 import zfast
 
+_NATIVE = zfast.native_available()
+if not _NATIVE["cpu"]:
+    # Every native-vs-reference test would fail one by one with the same cause: say it once.
+    pytest.exit(
+        f"zfast's native module did not import ({_NATIVE['error']}); zfast was imported from "
+        f"{os.path.dirname(zfast.__file__)}. Install the package (pip install .) and run the `pytest` script from "
+        f"the repository root: `python -m pytest` puts the repository first on sys.path and imports the "
+        f"uncompiled source tree.",
+        returncode=4,
+    )
+
 requires_cuda = pytest.mark.skipif(not zfast.native_available()["cuda"], reason="needs a CUDA GPU and the CUDA build")
 
 

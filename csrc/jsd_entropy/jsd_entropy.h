@@ -43,13 +43,7 @@
 #include <math.h>
 #endif
 
-#ifndef ZFAST_HD
-#if defined(__CUDACC__)
-#define ZFAST_HD __host__ __device__ __forceinline__
-#else
-#define ZFAST_HD inline
-#endif
-#endif
+#include "common/host_device.h"
 
 namespace zfast {
 namespace jsd_entropy {

@@ -31,15 +31,7 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__CUDACC__)
-#define ZFAST_HD __host__ __device__ __forceinline__
-#elif defined(__GNUC__)
-// always_inline: the CPU's AVX-512 edge loop instantiates the maths on vectors, which must be inlined into it
-// (a call would pass them by the baseline ABI).
-#define ZFAST_HD inline __attribute__((always_inline))
-#else
-#define ZFAST_HD inline
-#endif
+#include "common/host_device.h"
 
 namespace zfast {
 namespace redshift_resample {
@@ -64,15 +56,15 @@ struct Params {
   bool allow_avx512 = true;      // CPU only: false forces the portable edge loop (tests compare both)
 };
 
-ZFAST_HD double row_offset(double log1p_z, double ln_edge0, double dln) {
+ZFAST_HD_ALWAYS_INLINE double row_offset(double log1p_z, double ln_edge0, double dln) {
   return (log1p_z + ln_edge0) / dln;
 }
 
 // An edge is uncovered below (t < -tol) or above (t > N + tol) the rest grid. Observed edges increase, so
 // the uncovered edges of a row are a run at each end and the covered bins one contiguous stretch:
 // bin j is covered iff its lower edge is not below and its upper edge not above.
-ZFAST_HD bool edge_below(double t) { return t < -kCoverageTolerance; }
-ZFAST_HD bool edge_above(double t, double n_rest_pixels) { return t > n_rest_pixels + kCoverageTolerance; }
+ZFAST_HD_ALWAYS_INLINE bool edge_below(double t) { return t < -kCoverageTolerance; }
+ZFAST_HD_ALWAYS_INLINE bool edge_above(double t, double n_rest_pixels) { return t > n_rest_pixels + kCoverageTolerance; }
 
 // expm1(x) for 0 <= x <= dln as a Taylor polynomial: degree 3 (relative error <= x^3/24: 5e-12 at
 // dln = 1/2000, 3e-10 at the switch dln = 1/500) or degree 5 (<= x^5/720: 4e-10 at the library's cap
@@ -82,7 +74,7 @@ constexpr double kCubicMaxDln = 1.0 / 500.0;
 // T is double, or (in the CPU's AVX-512 edge loop) a GCC vector of doubles, whose operators broadcast the
 // scalar constants: the vector path evaluates this very expression, lane by lane.
 template <int Degree, typename T>
-ZFAST_HD T expm1_small(T x) {
+ZFAST_HD_ALWAYS_INLINE T expm1_small(T x) {
   static_assert(Degree == 3 || Degree == 5, "degree 3 or 5");
   if (Degree == 3) return x * (1.0 + x * (0.5 + x * (1.0 / 6.0)));
   return x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0)))));
@@ -90,7 +82,7 @@ ZFAST_HD T expm1_small(T x) {
 
 // C at fraction `weight` = expm1(x)/expm1(dln) of the way through a pixel whose edges hold c0 and c1.
 template <typename T>
-ZFAST_HD T interpolate(T c0, T c1, T weight) {
+ZFAST_HD_ALWAYS_INLINE T interpolate(T c0, T c1, T weight) {
   return c0 + (c1 - c0) * weight;
 }
 
@@ -99,7 +91,7 @@ ZFAST_HD T interpolate(T c0, T c1, T weight) {
 // (possible only with validation off) survives the compare-selects and truncates to INT_MIN on x86 (0 on
 // CUDA). Written as plain compare-selects so that GCC turns them into vector min/max.
 template <int Degree>
-ZFAST_HD double cumulative_at(const double* cumulative_row, double t, int32_t last_pixel, double dln,
+ZFAST_HD_ALWAYS_INLINE double cumulative_at(const double* cumulative_row, double t, int32_t last_pixel, double dln,
                               double inv_expm1_dln) {
   const double n_rest_pixels = static_cast<double>(last_pixel) + 1.0;
   t = t < 0.0 ? 0.0 : t;
@@ -113,7 +105,7 @@ ZFAST_HD double cumulative_at(const double* cumulative_row, double t, int32_t la
   return interpolate(c0, c1, expm1_small<Degree>(x) * inv_expm1_dln);
 }
 
-ZFAST_HD float bin_mean(double cumulative_lo, double cumulative_hi, double inv_bin_width) {
+ZFAST_HD_ALWAYS_INLINE float bin_mean(double cumulative_lo, double cumulative_hi, double inv_bin_width) {
   return static_cast<float>((cumulative_hi - cumulative_lo) * inv_bin_width);
 }
 
