@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
     parser.add_argument("--steps", type=int, default=0, help="override the steps of every run (a smoke test)")
     parser.add_argument("--refit-calibration", action="store_true",
-                        help="refit the P(z) temperatures of runs whose SNR bins differ from zfast.calibration's")
+                        help="refit the P(z) temperatures of runs whose SNR bins differ from zfast.calibration's or that were "
+                             "fitted to fewer spectra than zfast-train's calibration set")
     parser.add_argument("--report", action="store_true", help="only rewrite paper_table.md and the figure from the json")
     args = parser.parse_args(argv)
     if args.report:
@@ -208,10 +209,12 @@ def main(argv=None) -> int:
         model.load_state_dict(state["model"])
         edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
         stats = state.get("predict_stats", {})
-        stale = "snr_edges" in stats and tuple(stats["snr_edges"].tolist()) != SNR_EDGES
+        stale = ("snr_edges" in stats and tuple(stats["snr_edges"].tolist()) != SNR_EDGES) or (
+            int(stats.get("calibration_n", 0)) < train.calibration_size(c))
         if c.estimator != "regression" and ("temperatures" not in stats or (stale and args.refit_calibration)):
             # Runs trained before zfast.calibration existed (or, with --refit-calibration, before its SNR bins
-            # changed): fit (and store) their per-SNR temperatures now, on their validation spectra.
+            # changed or its calibration set grew): fit (and store) their per-SNR temperatures now, on spectra of
+            # their validation SEDs.
             train.store_predict_stats(c, run_dir, run_dir / "best.pt", state, model, library, train.make_instrument(c), edges)
         entry = {"config": overrides, "step": state["step"], "train_seconds": _train_seconds(run_dir),
                  "n_train_seds": int(train.run_splits(c, library)["train"].numel())}  # fmt: skip

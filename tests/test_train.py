@@ -45,6 +45,14 @@ def test_a_run_writes_its_folder(tmp_path):
     assert train.main(["--plots", str(out)]) == 0
     assert sorted(p.name for p in (out / "plots").iterdir()) == names
     assert json.loads((out / "metrics.json").read_text())["test"] == results
+    # The P(z) temperatures were fitted to a calibration set of its own size (8 x n_val, at least 1024).
+    assert int(train.load_checkpoint(out / "best.pt")["predict_stats"]["calibration_n"]) == 1024
+
+
+def test_calibration_set_size():
+    size = [train.calibration_size(train.TrainConfig(n_val=n, n_calibration=k)) for n, k in
+            [(64, 0), (256, 0), (1024, 0), (2048, 0), (2048, 500)]]  # fmt: skip
+    assert size == [1024, 2048, 8192, 8192, 500]
 
 
 def test_resume_continues_as_if_never_stopped(tmp_path, monkeypatch):
@@ -104,6 +112,8 @@ def test_bad_checkpoints_and_configs_give_clear_errors(tmp_path):
         train.main(["--estimator", "ranking", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="batch_size must be >= 1"):
         train.main(["--batch-size", "-4", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="n_calibration must be >= 0"):
+        train.main(["--n-calibration", "-1", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="too short for 1 <= z <= 3"):
         train.main([*TINY, "--z-max", "3.0", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no such SED library file"):

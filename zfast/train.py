@@ -87,6 +87,7 @@ class TrainConfig:
     eval_every: int = field(default=250, metadata={"help": "steps between validation passes (and checkpoints)"})
     n_val: int = field(default=2048, metadata={"help": "fixed validation spectra"})
     n_test: int = field(default=4096, metadata={"help": "fixed test spectra"})
+    n_calibration: int = field(default=0, metadata={"help": "spectra of the validation SEDs (plus a quarter as many noiseless) to which the per-SNR P(z) temperatures are fitted at the end of a run; 0: 8 x n_val within 1024-8192 (8192 puts ~1,000 in each SNR bin, so each bin's 68-percent coverage is known to ~1.5 points, against ~3.6 with 1024)"})
     seed: int = field(default=0, metadata={"help": "seed of the model and of the training draws"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
@@ -154,8 +155,9 @@ def check_config(c: TrainConfig) -> None:
     for name in ("steps", "batch_size", "eval_every", "n_val", "n_test", "n_bins"):
         if getattr(c, name) < 1:
             problems.append(f"{name} must be >= 1")
-    if c.train_seds < 0:
-        problems.append("train_seds must be >= 0")
+    for name in ("train_seds", "n_calibration"):
+        if getattr(c, name) < 0:
+            problems.append(f"{name} must be >= 0")
     if not (0.0 <= c.mask_prob <= 1.0) or c.max_gap < 1:
         problems.append("need 0 <= mask_prob <= 1 and max_gap >= 1")
     if not (math.isfinite(c.min_line_snr) and c.min_line_snr >= 0):
@@ -544,6 +546,11 @@ def _mean_over_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
     return value / world
 
 
+def calibration_size(c: TrainConfig) -> int:
+    """Noisy spectra the P(z) temperatures are fitted to (``n_calibration``, or 8 x n_val within 1024-8192)."""
+    return c.n_calibration if c.n_calibration > 0 else max(1024, min(8192, 8 * c.n_val))
+
+
 def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, model, library, instrument, edges) -> None:
     """What zfast-predict needs besides the weights, added to the best checkpoint (and to last.pt when it holds the
     same weights): the OOD statistics of the network's layers (zfast.inference.fit_ood: training spectra for
@@ -554,7 +561,7 @@ def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, 
 
     n = max(1024, min(4096, c.n_val))
     train_flux = augmented(c, library, instrument, "train").fixed_set(n, seed=30_000 + c.split_seed)[0]
-    val_flux, val_ivar, val_z, _ = augmented(c, library, instrument, "val").fixed_set(n, seed=40_000 + c.split_seed)
+    val_flux, _, val_z, _ = augmented(c, library, instrument, "val").fixed_set(n, seed=40_000 + c.split_seed)
     model.eval()
     with torch.no_grad():
         train_features = [torch.cat(blocks) for blocks in zip(*(ood_features(model, train_flux[i:i + 1024])[0]
@@ -566,12 +573,16 @@ def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, 
     val = predict(model, c, val_flux, edges)
     stats["z_scatter"] = redshift_metrics(val_z.double().cpu(), val["z"].cpu())["sigma_nmad"]
     if c.estimator != "regression":
-        # Per-SNR temperatures (zfast.calibration) from these validation spectra plus noiseless ones (top SNR bin).
+        # Per-SNR temperatures (zfast.calibration) from spectra of the validation SEDs with the training noise, plus
+        # noiseless ones (top SNR bin); a set of their own, larger than the validation set (n_calibration).
+        n_cal = calibration_size(c)
+        cal_flux, cal_ivar, cal_z, _ = augmented(c, library, instrument, "val").fixed_set(n_cal, seed=46_000 + c.split_seed)
         quiet = Instrument(instrument.name, instrument.wave_edges, instrument.lsf_fwhm, NoiseModel("none"))
-        clean_flux, clean_ivar, clean_z, _ = augmented(c, library, quiet, "val").fixed_set(n // 4, seed=45_000 + c.split_seed)
-        clean = predict(model, c, clean_flux, edges)
-        stats.update(fit_temperatures(torch.cat([val["outputs"], clean["outputs"]]), torch.cat([val_z, clean_z]), edges,
-                                      torch.cat([spectrum_snr(val_ivar), spectrum_snr(clean_ivar)])))  # fmt: skip
+        clean_flux, clean_ivar, clean_z, _ = augmented(c, library, quiet, "val").fixed_set(n_cal // 4, seed=45_000 + c.split_seed)
+        noisy, clean = predict(model, c, cal_flux, edges), predict(model, c, clean_flux, edges)
+        stats.update(fit_temperatures(torch.cat([noisy["outputs"], clean["outputs"]]), torch.cat([cal_z, clean_z]), edges,
+                                      torch.cat([spectrum_snr(cal_ivar), spectrum_snr(clean_ivar)])))  # fmt: skip
+        stats["calibration_n"] = torch.tensor(n_cal)
     best["predict_stats"] = stats
     save_checkpoint(best_path, best)
     last_path = out / "last.pt"
