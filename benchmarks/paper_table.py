@@ -37,7 +37,7 @@ import torch
 
 from zfast import train
 from zfast.bins import redshift_bin_edges
-from zfast.calibration import SNR_EDGES
+from zfast.calibration import CALIBRATION_VERSION, SNR_EDGES
 from zfast.data import Instrument, NoiseModel
 from zfast.data.instrument import EUCLID_LINE_SNR_AT_LIMIT
 from zfast.metrics import redshift_metrics
@@ -163,8 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
     parser.add_argument("--steps", type=int, default=0, help="override the steps of every run (a smoke test)")
     parser.add_argument("--refit-calibration", action="store_true",
-                        help="refit the P(z) temperatures of runs whose SNR bins differ from zfast.calibration's or that were "
-                             "fitted to fewer spectra than zfast-train's calibration set")
+                        help="refit the P(z) temperatures of runs whose SNR bins or fit version differ from zfast.calibration's "
+                             "or that were fitted to fewer spectra than zfast-train's calibration set")
     parser.add_argument("--report", action="store_true", help="only rewrite paper_table.md and the figure from the json")
     args = parser.parse_args(argv)
     if args.report:
@@ -212,7 +212,8 @@ def main(argv=None) -> int:
         edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
         stats = state.get("predict_stats", {})
         stale = ("snr_edges" in stats and tuple(stats["snr_edges"].tolist()) != SNR_EDGES) or (
-            int(stats.get("calibration_n", 0)) < train.calibration_size(c))
+            int(stats.get("calibration_n", 0)) < train.calibration_size(c)
+            or int(stats.get("calibration_version", 1)) < CALIBRATION_VERSION)
         if c.estimator != "regression" and ("temperatures" not in stats or (stale and args.refit_calibration)):
             # Runs trained before zfast.calibration existed (or, with --refit-calibration, before its SNR bins
             # changed or its calibration set grew): fit (and store) their per-SNR temperatures now, on spectra of

@@ -52,6 +52,28 @@ def test_each_snr_bin_gets_the_temperature_that_calibrates_it():
     assert abs(_coverage(probs[high], edges, z[high]) - 0.68) < 0.03
 
 
+def test_a_flat_uninformative_p_is_never_the_calibration():
+    # Distribution-like logits: a sharp peak on the truth over a floor (far bins ~e^-25 each), truths within 0.2
+    # bin of a bin centre. Every informative temperature covers ~100 % (even a one-bin P: its 68 % interval is the
+    # bin's middle 68 %); at T ~ 10 the floor's 800 bins outweigh the peak, P(z) is nearly flat and its central
+    # 68 % of the range "covers" ~68 % of uniform redshifts: closer to 68 %, and useless.
+    g = torch.Generator().manual_seed(1)
+    edges = redshift_bin_edges(1.0, 1.8, 800)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    n = 400
+    z = centres[torch.randint(0, 800, (n,), generator=g)] + 0.0002 * (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1)
+    logits = -(((centres[None] - z[:, None]) / 0.002) ** 2).clamp(max=25.0)
+    flat = torch.softmax(logits / 10.0, dim=1)
+    s = pz_summary(flat, edges)
+    assert (s.hi68 - s.lo68).median() > 0.3 and abs(_coverage(flat, edges, z) - 0.68) < 0.1
+    assert _coverage(torch.softmax(logits / 0.001, dim=1), edges, z) > 0.95
+    calibration = fit_temperatures(logits, z, edges, torch.full((n,), 25.0, dtype=torch.float64))
+    k = next(i for i in range(len(SNR_EDGES) - 1) if SNR_EDGES[i] <= 25 < SNR_EDGES[i + 1])
+    t = float(calibration["temperatures"][k])
+    s = pz_summary(torch.softmax(logits / t, dim=1), edges)
+    assert t < 1.0 and (s.hi68 - s.lo68).median() < 0.01
+
+
 def test_without_calibration_it_is_a_softmax_and_snr_reads_the_continuum():
     logits = torch.randn(5, 80, dtype=torch.float64)
     torch.testing.assert_close(calibrated_probs(logits, torch.ones(5), None), torch.softmax(logits, dim=1))

@@ -9,7 +9,11 @@ log-spaced grid whose 68 % intervals cover closest to 68 % of the validation spe
 than ``MIN_SPECTRA`` validation spectra take the temperature of the nearest bin that has enough (T = 1 if none
 has). The bins were five (edges 0, 5, 10, 20, 40) with 61 temperatures until the 68 % coverage of the table's
 800-bin classifier at SNR 3 came out at 63 %: the 0-5 bin's T was fitted on validation SNRs of 3-5 (the training
-range) and was too small at its low end; now eight bins, finer at low SNR, and 121 temperatures. zfast-train fits it at the end of a run on validation SEDs
+range) and was too small at its low end; now eight bins, finer at low SNR. The temperatures run from 0.001 (the
+noiseless P(z) of distribution-trained networks, spread over a few 0.001 bins, needed T ~ 0.005: the grid used to stop
+at 0.02) to 10, and only on the branch where coverage still grows with T: beyond it P(z) is nearly flat over the
+whole range, and such a P covers ~68-78 % of uniform redshifts while saying nothing (the fit picked T = 10 for one
+such model's noiseless bin, 0.53 wide intervals; measured). zfast-train fits it at the end of a run on validation SEDs
 (with the training noise, plus noiseless spectra for the top bin) and stores it in the checkpoint; evaluation and
 ``zfast.predict`` apply it. The fit's own sampling error matters: the coverage of n spectra scatters by
 sqrt(0.68 · 0.32 / n), 3.6 points with the ~170 per bin of a 1024-spectrum set, so zfast-train fits to a set of its own
@@ -23,11 +27,14 @@ from typing import Optional
 
 import torch
 
-from .bins import PzSummary, pz_summary, refined_mode
+from .bins import PzSummary, _quantiles, normalised_probs, pz_summary, refined_mode
 
 SNR_EDGES = (0.0, 2.0, 4.0, 6.0, 9.0, 13.0, 20.0, 40.0, math.inf)  # noiseless spectra (SNR = inf): the last bin
-TEMPERATURES = tuple(math.exp(math.log(0.02) + i * (math.log(10.0) - math.log(0.02)) / 120) for i in range(121))
+TEMPERATURES = tuple(math.exp(math.log(0.001) + i * (math.log(10.0) - math.log(0.001)) / 160) for i in range(161))
 MIN_SPECTRA = 50
+# Stored with every fit; raised whenever the fit changes (2: temperatures down to 0.001, informative branch only),
+# so that benchmarks/paper_table.py --refit-calibration knows which checkpoints to refit.
+CALIBRATION_VERSION = 2
 
 
 def spectrum_snr(ivar: torch.Tensor) -> torch.Tensor:
@@ -43,17 +50,23 @@ def _bins(snr: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 
 
 def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Tensor, snr: torch.Tensor) -> dict:
-    """{"snr_edges", "temperatures", "counts"}: per SNR bin, the temperature whose 68 % intervals cover closest to
+    """{"snr_edges", "temperatures", "counts", "calibration_version"}: per SNR bin, the temperature whose 68 % intervals cover closest to
     68 % of ``z`` (see the module docstring). logits [B, K], z [B], snr [B] (``spectrum_snr``)."""
     level = 0.68
     edges = torch.tensor(SNR_EDGES, dtype=torch.float64)
     snr = torch.nan_to_num(snr.double().cpu(), nan=0.0)
     k = _bins(snr, edges)
     logits, z = logits.double().cpu(), z.double().cpu()
+    bin_edges = normalised_probs(logits[:1].softmax(dim=1), bin_edges.cpu())[1]  # validated, float64
+    levels = torch.tensor([0.16, 0.84], dtype=torch.float64).expand(logits.shape[0], 2)
     covered = []
     for temperature in TEMPERATURES:
-        s = pz_summary(torch.softmax(logits / temperature, dim=1), bin_edges.cpu())
-        covered.append(((s.lo68 <= z) & (z <= s.hi68)).double())
+        # pz_summary's lo68 / hi68, without the rest of the summary (the fit evaluates 161 temperatures).
+        p = torch.softmax(logits / temperature, dim=1)
+        p = p / p.sum(dim=1, keepdim=True)
+        cdf = torch.cat([p.new_zeros(p.shape[0], 1), torch.cumsum(p, dim=1)], dim=1)
+        lo68, hi68 = _quantiles(cdf / cdf[:, -1:], bin_edges, levels).unbind(dim=1)
+        covered.append(((lo68 <= z) & (z <= hi68)).double())
     covered = torch.stack(covered)  # [T, B]
     n_bins = edges.numel() - 1
     temperatures = torch.ones(n_bins, dtype=torch.float64)
@@ -64,12 +77,16 @@ def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Ten
         counts[b] = int(members.sum())
         if counts[b] >= MIN_SPECTRA:
             coverage = covered[:, members].mean(dim=1)
-            temperatures[b] = TEMPERATURES[int((coverage - level).abs().argmin())]
+            # Only the informative branch: coverage grows with T until P(z) is so flat that the interval spans
+            # the whole range, after which it falls back towards 68 % (any flat P "covers" 68 % of uniform z).
+            informative = int(coverage.argmax()) + 1
+            temperatures[b] = TEMPERATURES[int((coverage[:informative] - level).abs().argmin())]
             fitted.append(b)
     for b in range(n_bins):
         if fitted and b not in fitted:
             temperatures[b] = temperatures[min(fitted, key=lambda f: (abs(f - b), f))]
-    return {"snr_edges": edges, "temperatures": temperatures, "counts": counts}
+    return {"snr_edges": edges, "temperatures": temperatures, "counts": counts,
+            "calibration_version": torch.tensor(CALIBRATION_VERSION)}  # fmt: skip
 
 
 def calibrated_summary(logits: torch.Tensor, snr: Optional[torch.Tensor], calibration: Optional[dict],
