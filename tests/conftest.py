@@ -22,7 +22,7 @@ if not _NATIVE["cpu"]:
         returncode=4,
     )
 
-requires_cuda = pytest.mark.skipif(not zfast.native_available()["cuda"], reason="needs a CUDA GPU and the CUDA build")
+requires_cuda = pytest.mark.skipif(not _NATIVE["cuda"], reason="needs a CUDA GPU and the CUDA build")
 
 
 def log_uniform_centres(lo: float, hi: float, dln: float) -> torch.Tensor:

@@ -92,7 +92,7 @@ ZFAST_HD_ALWAYS_INLINE T interpolate(T c0, T c1, T weight) {
 // CUDA). Written as plain compare-selects so that GCC turns them into vector min/max.
 template <int Degree>
 ZFAST_HD_ALWAYS_INLINE double cumulative_at(const double* cumulative_row, double t, int32_t last_pixel, double dln,
-                              double inv_expm1_dln) {
+                                            double inv_expm1_dln) {
   const double n_rest_pixels = static_cast<double>(last_pixel) + 1.0;
   t = t < 0.0 ? 0.0 : t;
   t = t > n_rest_pixels ? n_rest_pixels : t;
