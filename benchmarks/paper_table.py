@@ -21,6 +21,8 @@ Euclid-like spectra the survey targets (Hα + [NII] above its 2e-16 erg s⁻¹ c
 Every run is a zfast-train run in ``--work/<name>``; a finished run (its metrics.json exists) is reused, so an
 interrupted table resumes. ``--quick`` is the CPU setting (900 steps of 256 spectra, as zfast-train's quick
 preset); without it, 10,000 steps (a GPU). Results: <out>/paper_table.json, paper_table.md, size_study.png.
+On a GPU, ``--parallel 6`` trains six runs at a time (each in its own process; these small networks leave the GPU
+mostly idle alone) and ``--deadline S`` stops them after S seconds, resumable, scoring only the finished ones.
 """
 
 from __future__ import annotations
@@ -105,8 +107,45 @@ def runs(args) -> dict:
     return table
 
 
+def run_folder(name: str) -> str:
+    return name.replace("/", "__")
+
+
+def train_in_parallel(names: list, args, work: Path) -> None:
+    """Train ``names`` ``args.parallel`` at a time, each with ``--train-only`` in a child process (its log:
+    <work>/<run>.log), until all end or ``args.deadline`` seconds have passed (then SIGTERM: they checkpoint)."""
+    import subprocess
+
+    common = [sys.executable, str(Path(__file__).resolve()), "--library", args.library, "--work", str(work),
+              "--device", args.device, "--holdout-sfh", args.holdout_sfh, "--train-only"]  # fmt: skip
+    common += (["--quick"] if args.quick else []) + (["--steps", str(args.steps)] if args.steps else [])
+    deadline = time.monotonic() + args.deadline if args.deadline > 0 else math.inf
+    queue, running = [n for n in names if not (work / run_folder(n) / "metrics.json").exists()], {}
+    while (queue or running) and time.monotonic() < deadline:
+        while queue and len(running) < args.parallel:
+            name = queue.pop(0)
+            log = open(work / f"{run_folder(name)}.log", "a")  # noqa: SIM115 (closed when the child ends)
+            running[name] = (subprocess.Popen([*common, "--only", name], stdout=log, stderr=subprocess.STDOUT), log)
+            print(f"[{name}] training (log {log.name})", file=sys.stderr)
+        time.sleep(1.0)
+        for name, (child, log) in list(running.items()):
+            if child.poll() is not None:
+                log.close()
+                del running[name]
+                print(f"[{name}] {'done' if child.returncode == 0 else f'failed (exit {child.returncode})'}", file=sys.stderr)
+    for name, (child, log) in running.items():
+        child.terminate()
+        print(f"[{name}] deadline: stopped (resumable)", file=sys.stderr)
+    for name, (child, log) in running.items():
+        try:
+            child.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        log.close()
+
+
 def train_once(name: str, overrides: dict, work: Path) -> Path:
-    out = work / name.replace("/", "__")
+    out = work / run_folder(name)
     if (out / "metrics.json").exists():
         print(f"[{name}] reusing {out}", file=sys.stderr)
         return out
@@ -114,8 +153,11 @@ def train_once(name: str, overrides: dict, work: Path) -> Path:
     train.check_config(config)
     started = time.perf_counter()
     state = train.load_checkpoint(out / "last.pt") if (out / "last.pt").exists() else None
-    train.run(config, resume_state=state)
-    print(f"[{name}] trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    outcome = train.run(config, resume_state=state)
+    if "stopped_at" in outcome:
+        print(f"[{name}] stopped at step {outcome['stopped_at']} after {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    else:
+        print(f"[{name}] trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return out
 
 
@@ -166,6 +208,13 @@ def main(argv=None) -> int:
                         help="refit the P(z) temperatures of runs whose SNR bins or fit version differ from zfast.calibration's "
                              "or that were fitted to fewer spectra than zfast-train's calibration set")
     parser.add_argument("--report", action="store_true", help="only rewrite paper_table.md and the figure from the json")
+    parser.add_argument("--train-only", action="store_true", help="train the runs (one after another) and stop")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="train this many runs at a time, each in a process of its own (small networks leave a GPU "
+                             "mostly idle: six shared an H200 at ~30 ms per step each), then score them here")
+    parser.add_argument("--deadline", type=float, default=0.0,
+                        help="with --parallel: seconds after which no run is started and running ones are stopped "
+                             "(SIGTERM: zfast-train checkpoints, a later call resumes them); unfinished runs are not scored")
     args = parser.parse_args(argv)
     if args.report:
         results = json.loads((Path(args.out) / "paper_table.json").read_text())
@@ -178,6 +227,18 @@ def main(argv=None) -> int:
     plan = runs(args)
     if args.only:
         plan = {k: v for k, v in plan.items() if k in args.only.split(",")}
+    if args.train_only:
+        for name, overrides in plan.items():
+            train_once(name, overrides, work)
+        return 0
+    if args.parallel > 1:
+        train_in_parallel(list(plan), args, work)
+        unfinished = [name for name in plan if not (work / run_folder(name) / "metrics.json").exists()]
+        if unfinished:
+            print(f"not finished, not scored: {', '.join(unfinished)}", file=sys.stderr)
+        plan = {k: v for k, v in plan.items() if k not in unfinished}
+        if not plan:
+            return 1
     results_path = out / "paper_table.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("runs", {})
