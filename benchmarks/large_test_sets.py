@@ -1,0 +1,78 @@
+"""Outlier rates on large test sets: η(>0.01) at white-noise SNR 10 and 3 on N spectra per condition (default
+16,384, eight times the table's 2048), for table checkpoints, next to the true-template χ² on the same spectra.
+
+    python benchmarks/large_test_sets.py --library lib10k.h5 runs/resnet1d__classification-800/best.pt ...
+
+With 2048 spectra an η of ~1.3 % carries a binomial error of ±0.25 points, as large as the gap to the issue's 1 %
+target; here ±0.09. Spectra: the table's protocol (test SEDs and the held-out recipe of the first checkpoint's
+split), drawn with seeds 60,000 (SNR 10) and 60,001 (SNR 3). Runs on the CPU: ~8 min for the χ² of 4 × 16,384
+spectra on 2 cores, ~30 s per checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import paper_table
+
+from zfast import train
+from zfast.bins import redshift_bin_edges
+from zfast.data import Instrument
+from zfast.models import build_model
+from zfast.template_fit import template_fit_redshift
+
+SEEDS = {"snr10": 60_000, "snr3": 60_001}
+
+
+def _eta(z_fit: torch.Tensor, z: torch.Tensor) -> float:
+    return (((z_fit.double().cpu() - z.double().cpu()).abs() / (1 + z.double().cpu())) > 0.01).double().mean().item()
+
+
+def _error(eta: float, n: int) -> float:
+    return math.sqrt(eta * (1 - eta) / n)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="best.pt of table runs (trained on the same library)")
+    parser.add_argument("--library", required=True)
+    parser.add_argument("--n", type=int, default=16_384, help="spectra per condition and test set")
+    parser.add_argument("--holdout-sfh", default="lognormal")
+    args = parser.parse_args(argv)
+    library = train.load_library(args.library)
+    states = [train.load_checkpoint(Path(p)) for p in args.checkpoints]
+    first = dataclasses.replace(train.config_from_state(states[0]), library=args.library, holdout_sfh=args.holdout_sfh,
+                                noise="white", min_line_snr=0.0)  # fmt: skip
+    sets = {}
+    for split in ("test", "holdout") if args.holdout_sfh else ("test",):
+        for condition, seed in SEEDS.items():
+            instrument = Instrument.preset(first.instrument, paper_table.CONDITIONS[condition])
+            sets[split, condition] = train.augmented(first, library, instrument, split).fixed_set(args.n, seed=seed)
+    for (split, condition), (flux, ivar, z, sed) in sets.items():
+        instrument = Instrument.preset(first.instrument, paper_table.CONDITIONS[condition])
+        eta = _eta(template_fit_redshift(library, instrument, sed, flux, ivar, (first.z_min, first.z_max)), z)
+        print(f"{'χ² with the true template':48s} {split:8s} {condition:6s} η {100 * eta:.2f} ± {100 * _error(eta, args.n):.2f} %",
+              flush=True)  # fmt: skip
+    for path, state in zip(args.checkpoints, states):
+        c = train.config_from_state(state)
+        model = build_model(c.model, Instrument.preset(c.instrument).n_pixels, c.estimator, c.n_bins, c.outside_prob > 0)
+        model.load_state_dict(state["model"])
+        edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins)
+        for (split, condition), data in sets.items():
+            with torch.no_grad():
+                m = paper_table.score(c, model, data, edges, state.get("predict_stats"))
+            eta = m["outlier_01"]
+            print(f"{Path(path).parent.name:48s} {split:8s} {condition:6s} η {100 * eta:.2f} ± {100 * _error(eta, args.n):.2f} %  "
+                  f"σ_NMAD {m['sigma_nmad']:.2e}  68 % coverage {m.get('coverage68', math.nan):.3f}", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
