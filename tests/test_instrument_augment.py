@@ -173,6 +173,24 @@ def test_pipeline_draws_only_from_its_split_and_is_deterministic(generator):
         assert torch.equal(a, b)
 
 
+def test_sed_weights_set_how_often_each_sed_is_drawn(generator):
+    library = random_library(generator, n_seds=30)
+    nisp = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white"))
+    train_seds = zfast.split_by_sed(30)["train"]
+    weights = torch.zeros(30, dtype=torch.float64)
+    weights[train_seds[:2]] = torch.tensor([1.0, 3.0], dtype=torch.float64)  # two SEDs, 1 : 3
+    weights[zfast.split_by_sed(30)["test"]] = 100.0  # not in the split: never drawn
+    data = zfast.AugmentedSpectra(library, nisp, split="train", batch_size=4000, seed=2, sed_weights=weights)
+    _, _, _, sed_index = next(data)
+    assert set(sed_index.tolist()) == set(train_seds[:2].tolist())
+    share = (sed_index == train_seds[1]).double().mean().item()
+    assert abs(share - 0.75) < 4 * (0.75 * 0.25 / 4000) ** 0.5
+    for bad, match in [(torch.ones(29), "one per library SED"), (-torch.ones(30), ">= 0"),
+                       (torch.zeros(30), "0 for every SED")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            zfast.AugmentedSpectra(library, nisp, split="train", sed_weights=bad)
+
+
 def test_generator_state_restores_the_stream_and_fixed_sets_are_fixed(generator):
     library = random_library(generator, n_seds=20)
     pipeline = zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white")),

@@ -49,6 +49,18 @@ def test_a_run_writes_its_folder(tmp_path):
     assert int(train.load_checkpoint(out / "best.pt")["predict_stats"]["calibration_n"]) == 1024
 
 
+def test_weak_line_weight_draws_weak_line_seds_more_often():
+    library = train.load_library("default")
+    c = train.TrainConfig(weak_line_weight=4.0, batch_size=4000)
+    weak = torch.as_tensor(library.params["ew_halpha"]) < 20.0
+    drawn = next(train.augmented(c, library, train.make_instrument(c), "train", seed=3))[3]
+    uniform = next(train.augmented(train.TrainConfig(batch_size=4000), library, train.make_instrument(c), "train", seed=3))[3]
+    share, base = weak[drawn].double().mean().item(), weak[uniform].double().mean().item()
+    assert abs(share - 4 * base / (4 * base + 1 - base)) < 0.04 and share > base + 0.2
+    val = train.augmented(c, library, train.make_instrument(c), "val").sed_weights
+    assert val is None  # validation and test sets stay uniform
+
+
 def test_calibration_set_size():
     size = [train.calibration_size(train.TrainConfig(n_val=n, n_calibration=k)) for n, k in
             [(64, 0), (256, 0), (1024, 0), (2048, 0), (2048, 500)]]  # fmt: skip
@@ -114,6 +126,8 @@ def test_bad_checkpoints_and_configs_give_clear_errors(tmp_path):
         train.main(["--batch-size", "-4", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="n_calibration must be >= 0"):
         train.main(["--n-calibration", "-1", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="weak_line_weight must be > 0"):
+        train.main(["--weak-line-weight", "0", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="too short for 1 <= z <= 3"):
         train.main([*TINY, "--z-max", "3.0", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no such SED library file"):

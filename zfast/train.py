@@ -69,6 +69,7 @@ class TrainConfig:
     min_line_snr: float = field(default=0.0, metadata={"help": "train (and validate) only on spectra whose Hα + [NII] detection SNR is at least this (Euclid convention; 3.5 with --noise euclid is the survey's 2e-16 erg/s/cm² line-flux limit, i.e. the galaxies it targets); 0: all"})
     z_min: float = field(default=1.0, metadata={"help": "lowest redshift drawn (and first bin edge)"})
     z_max: float = field(default=1.8, metadata={"help": "redshifts are drawn below this (last bin edge)"})
+    weak_line_weight: float = field(default=1.0, metadata={"help": "how often a training SED with rest-frame EW(Hα) < 20 Å (weak lines: the hard ones) is drawn relative to the others (library params ew_halpha); 1: uniform"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split by SED"})
     train_seds: int = field(default=0, metadata={"help": "train on only this many of the training SEDs, a seeded random subset (0: all)"})
     holdout_sfh: str = field(default="", metadata={"help": "keep every SED of this star-formation-history recipe (library params sfh_type) out of training, as a 'holdout' test set"})
@@ -158,6 +159,8 @@ def check_config(c: TrainConfig) -> None:
     for name in ("train_seds", "n_calibration"):
         if getattr(c, name) < 0:
             problems.append(f"{name} must be >= 0")
+    if not (math.isfinite(c.weak_line_weight) and c.weak_line_weight > 0):
+        problems.append("weak_line_weight must be > 0")
     if not (0.0 <= c.mask_prob <= 1.0) or c.max_gap < 1:
         problems.append("need 0 <= mask_prob <= 1 and max_gap >= 1")
     if not (math.isfinite(c.min_line_snr) and c.min_line_snr >= 0):
@@ -209,9 +212,17 @@ def run_splits(c: TrainConfig, library: SEDLibrary) -> dict:
 
 
 def augmented(c: TrainConfig, library: SEDLibrary, instrument: Instrument, split: str, seed: int = 0) -> AugmentedSpectra:
-    """The on-the-fly spectra of one split of the library (``run_splits``), as configured."""
+    """The on-the-fly spectra of one split of the library (``run_splits``), as configured (``weak_line_weight``
+    applies to the training split only: validation and test sets stay uniform over their SEDs)."""
+    weights = None
+    if split == "train" and c.weak_line_weight != 1.0:
+        ew = library.params.get("ew_halpha")
+        if ew is None:
+            raise SystemExit("weak_line_weight needs a library with EW(Hα) per SED (params ew_halpha, zfast-sed build)")
+        ew = torch.as_tensor(ew, dtype=torch.float64)
+        weights = torch.where(ew < 20.0, c.weak_line_weight, 1.0)
     return AugmentedSpectra(library, instrument, (c.z_min, c.z_max), run_splits(c, library)[split], c.batch_size, seed,
-                            mask_prob=c.mask_prob, max_gap=c.max_gap, min_line_snr=c.min_line_snr)  # fmt: skip
+                            mask_prob=c.mask_prob, max_gap=c.max_gap, min_line_snr=c.min_line_snr, sed_weights=weights)  # fmt: skip
 
 
 OUTSIDE_MARGIN = 1e-6  # keeps the outside draws strictly inside the library's coverage

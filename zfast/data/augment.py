@@ -109,6 +109,7 @@ class AugmentedSpectra:
         mask_prob: float = 0.0,
         max_gap: int = 32,
         min_line_snr: float = 0.0,
+        sed_weights: Optional[torch.Tensor] = None,
     ):
         if not math.isfinite(min_line_snr) or min_line_snr < 0:
             raise ValueError(f"min_line_snr must be finite and >= 0, got {min_line_snr}")
@@ -135,6 +136,15 @@ class AugmentedSpectra:
             if indices.numel() == 0 or int(indices.min()) < 0 or int(indices.max()) >= len(library):
                 raise ValueError(f"split indices must be non-empty and within [0, {len(library)})")
         self.sed_indices = indices.to(self.device)
+        self.sed_weights = None  # uniform over the split's SEDs
+        if sed_weights is not None:
+            weights = torch.as_tensor(sed_weights, dtype=torch.float64).flatten()
+            if weights.numel() != len(library) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+                raise ValueError(f"sed_weights must be {len(library)} finite values >= 0 (one per library SED)")
+            weights = weights[indices]
+            if not bool((weights > 0).any()):
+                raise ValueError("sed_weights are 0 for every SED of the split")
+            self.sed_weights = weights.to(self.device)
         library.check_coverage(instrument.wave_edges, self.z_range)
         self.wave_edges = instrument.wave_edges.to(self.device)
         self.z_prior = None if z_prior is None else self._check_prior(z_prior)
@@ -182,7 +192,10 @@ class AugmentedSpectra:
 
     def _draw(self, n_spectra: int, clean: bool = False):
         g = self.generator
-        pick = torch.randint(0, self.sed_indices.numel(), (n_spectra,), generator=g, device=self.device)
+        if self.sed_weights is None:
+            pick = torch.randint(0, self.sed_indices.numel(), (n_spectra,), generator=g, device=self.device)
+        else:
+            pick = torch.multinomial(self.sed_weights, n_spectra, replacement=True, generator=g)
         sed_index = self.sed_indices[pick]
         u = torch.rand(n_spectra, generator=g, device=self.device, dtype=torch.float64)
         if self.z_prior is None:
