@@ -66,11 +66,7 @@ def resample_rows(device: torch.device, batch_sizes, calls: int) -> list[dict]:
     for dln in rs.DLN_CASES:
         library = rs.build_library(dln).to(device)
         for batch in batch_sizes:
-            generator = torch.Generator().manual_seed(rs.SEED)
-            sed_index = torch.randint(0, rs.N_SEDS, (batch,), generator=generator).to(device)
-            z = (rs.Z_LOW + (rs.Z_HIGH - rs.Z_LOW) * torch.rand(batch, dtype=torch.float64, generator=generator)).to(
-                device
-            )
+            sed_index, z = rs.random_spectra(batch, device)
             out_bytes = batch * n_bins * 4
             native = timed(
                 functools.partial(library.redshift_resample, sed_index, z, edges, check=False), device, calls

@@ -25,7 +25,6 @@ import paper_table
 from zfast import train
 from zfast.bins import redshift_bin_edges
 from zfast.data import Instrument
-from zfast.models import build_model
 from zfast.template_fit import template_fit_redshift
 
 SEEDS = {"snr10": 60_000, "snr3": 60_001}
@@ -62,8 +61,7 @@ def main(argv=None) -> int:
               flush=True)  # fmt: skip
     for path, state in zip(args.checkpoints, states):
         c = train.config_from_state(state)
-        model = build_model(c.model, Instrument.preset(c.instrument).n_pixels, c.estimator, c.n_bins, c.outside_prob > 0)
-        model.load_state_dict(state["model"])
+        model = paper_table.load_network(c, state)
         edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins)
         for (split, condition), data in sets.items():
             with torch.no_grad():

@@ -186,6 +186,13 @@ def test_sets(c: train.TrainConfig, library, n: int) -> dict:
     return sets
 
 
+def load_network(c: train.TrainConfig, state: dict, device="cpu") -> torch.nn.Module:
+    """The network of a run's checkpoint ``state`` (config ``c``), with its weights, on ``device``."""
+    model = build_model(c.model, Instrument.preset(c.instrument).n_pixels, c.estimator, c.n_bins, c.outside_prob > 0)
+    model.load_state_dict(state["model"])
+    return model.to(device)
+
+
 def score(c: train.TrainConfig, model, data, edges, calibration) -> dict:
     flux, ivar, z, _ = data
     prediction = train.predict(model, c, flux, edges, ivar=ivar, calibration=calibration)
@@ -271,8 +278,7 @@ def main(argv=None) -> int:
         run_dir = train_once(name, overrides, work)
         state = train.load_checkpoint(run_dir / "best.pt")
         c = train.config_from_state(state)
-        model = build_model(c.model, Instrument.preset(c.instrument).n_pixels, c.estimator, c.n_bins, c.outside_prob > 0).to(device)
-        model.load_state_dict(state["model"])
+        model = load_network(c, state, device)
         edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
         stats = state.get("predict_stats", {})
         stale = ("snr_edges" in stats and tuple(stats["snr_edges"].tolist()) != SNR_EDGES) or (

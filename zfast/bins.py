@@ -173,6 +173,15 @@ def _quantiles(cdf: torch.Tensor, edges: torch.Tensor, levels: torch.Tensor) -> 
     return edges[k] + fraction * (edges[k + 1] - edges[k])
 
 
+def cdf_quantiles(p: torch.Tensor, edges: torch.Tensor, levels: tuple) -> torch.Tensor:
+    """[B, K]: z at which the piecewise-linear CDF of bin probabilities ``p`` [B, C] (rows normalised, float64) over
+    float64 ``edges`` [C+1] reaches each of ``levels`` (K values in [0, 1])."""
+    cdf = torch.cat([p.new_zeros(p.shape[0], 1), torch.cumsum(p, dim=1)], dim=1)
+    cdf = cdf / cdf[:, -1:]
+    targets = torch.tensor(levels, dtype=torch.float64, device=p.device).expand(p.shape[0], len(levels))
+    return _quantiles(cdf, edges, targets)
+
+
 def normalised_probs(probs: torch.Tensor, bin_edges) -> tuple[torch.Tensor, torch.Tensor]:
     """(probs [B, C] as float64 rows summing to 1, bin_edges [C+1] as float64 on probs' device), validated:
     probs finite and >= 0, C matching the edges, no row summing to 0."""
@@ -247,8 +256,5 @@ def pz_summary(probs: torch.Tensor, bin_edges) -> PzSummary:
 
     z_mode = refined_mode(p, edges)
 
-    cdf = torch.cat([p.new_zeros(p.shape[0], 1), torch.cumsum(p, dim=1)], dim=1)
-    cdf = cdf / cdf[:, -1:]
-    levels = torch.tensor([0.16, 0.84, 0.025, 0.975], dtype=torch.float64, device=p.device).expand(p.shape[0], 4)
-    lo68, hi68, lo95, hi95 = _quantiles(cdf, edges, levels).unbind(dim=1)
+    lo68, hi68, lo95, hi95 = cdf_quantiles(p, edges, (0.16, 0.84, 0.025, 0.975)).unbind(dim=1)
     return PzSummary(z_mean, z_mode, sigma, lo68, hi68, lo95, hi95)

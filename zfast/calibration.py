@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from .bins import PzSummary, _quantiles, normalised_probs, pz_summary, refined_mode
+from .bins import PzSummary, cdf_quantiles, normalised_probs, pz_summary, refined_mode
 
 SNR_EDGES = (0.0, 2.0, 4.0, 6.0, 9.0, 13.0, 20.0, 40.0, math.inf)  # noiseless spectra (SNR = inf): the last bin
 TEMPERATURES = tuple(math.exp(math.log(0.001) + i * (math.log(10.0) - math.log(0.001)) / 160) for i in range(161))
@@ -58,14 +58,11 @@ def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Ten
     k = _bins(snr, edges)
     logits, z = logits.double().cpu(), z.double().cpu()
     bin_edges = normalised_probs(logits[:1].softmax(dim=1), bin_edges.cpu())[1]  # validated, float64
-    levels = torch.tensor([0.16, 0.84], dtype=torch.float64).expand(logits.shape[0], 2)
     covered = []
     for temperature in TEMPERATURES:
         # pz_summary's lo68 / hi68, without the rest of the summary (the fit evaluates 161 temperatures).
         p = torch.softmax(logits / temperature, dim=1)
-        p = p / p.sum(dim=1, keepdim=True)
-        cdf = torch.cat([p.new_zeros(p.shape[0], 1), torch.cumsum(p, dim=1)], dim=1)
-        lo68, hi68 = _quantiles(cdf / cdf[:, -1:], bin_edges, levels).unbind(dim=1)
+        lo68, hi68 = cdf_quantiles(p / p.sum(dim=1, keepdim=True), bin_edges, (0.16, 0.84)).unbind(dim=1)
         covered.append(((lo68 <= z) & (z <= hi68)).double())
     covered = torch.stack(covered)  # [T, B]
     n_bins = edges.numel() - 1

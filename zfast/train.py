@@ -581,9 +581,10 @@ def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, 
                                                               for i in range(0, n, 1024)))]  # fmt: skip
     model.train()
     stats = fit_ood(train_features, val_features)
-    val = predict(model, c, val_flux, edges)
-    stats["z_scatter"] = redshift_metrics(val_z.double().cpu(), val["z"].cpu())["sigma_nmad"]
-    if c.estimator != "regression":
+    if c.estimator == "regression":
+        val = predict(model, c, val_flux, edges)
+        stats["z_scatter"] = redshift_metrics(val_z.double().cpu(), val["z"].cpu())["sigma_nmad"]
+    else:
         # Per-SNR temperatures (zfast.calibration) from spectra of the validation SEDs with the training noise, plus
         # noiseless ones (top SNR bin); a set of their own, larger than the validation set (n_calibration).
         n_cal = calibration_size(c)

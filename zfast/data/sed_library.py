@@ -106,7 +106,7 @@ class SEDLibrary:
     @classmethod
     def _from_cumulative(cls, cumulative: torch.Tensor, ln_edge0: float, dln: float, params: dict) -> "SEDLibrary":
         library = cls.__new__(cls)
-        cumulative = on_huge_pages(cumulative) if cumulative.device.type == "cpu" else cumulative
+        cumulative = on_huge_pages(cumulative)  # the tensor itself unless on the CPU and large
         library.cumulative, library.ln_edge0, library.dln, library.params = cumulative, ln_edge0, dln, params
         return library
 
