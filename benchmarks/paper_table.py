@@ -60,6 +60,9 @@ EUCLID_TARGET = "euclid-target"
 COLUMNS = (*CONDITIONS, EUCLID_TARGET)
 SIZES = (800, 1600, 4000)
 TEST_SEED = 50_000
+ENSEMBLE_OF = "resnet1d/distribution-800/js-only/4x-steps"
+ENSEMBLE_SEEDS = (0, 1, 2)
+ENSEMBLE_ROW = f"{ENSEMBLE_OF}/ensemble-of-{len(ENSEMBLE_SEEDS)}"
 
 
 def runs(args) -> dict:
@@ -93,6 +96,10 @@ def runs(args) -> dict:
     table["resnet1d/distribution-1600/js-only/4x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"], n_bins=1600)
     table["resnet1d/distribution-800/js-only/8x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"],
                                                                steps=8 * base["steps"], eval_every=8 * base["eval_every"])  # fmt: skip
+    # A deep ensemble: the 4x row again with seeds 1 and 2 (outside output off, as the seed-0 run was trained), scored
+    # together with it as ENSEMBLE_ROW (P(z) averaged): are the noiseless errors of one network its own noise?
+    for seed in ENSEMBLE_SEEDS[1:]:
+        table[f"{ENSEMBLE_OF}/seed-{seed}"] = dict(table[ENSEMBLE_OF], seed=seed, outside_prob=0.0)
     table["resnet1d/classification-800/euclid-trained/4x-steps"] = dict(
         table["resnet1d/classification-800/euclid-trained"], steps=4 * base["steps"], eval_every=4 * base["eval_every"])
     # Trained on the survey's target sample only (Hα + [NII] above the line-flux limit), as scored in EUCLID_TARGET.

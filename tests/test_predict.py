@@ -290,3 +290,71 @@ def test_regression_checkpoints_give_an_error_from_validation_scatter(tmp_path):
     torch.testing.assert_close(got["flag_z_range"], (got["z"] < 1.004) | (got["z"] > 1.796), rtol=0, atol=0)
     with pytest.raises(ValueError, match="no P"):
         inference.predict_file(model, "unused.npz", tmp_path / "z.csv", pz=True)
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory):
+    """A second small model of the same recipe, another seed, trained without the outside output."""
+    out = tmp_path_factory.mktemp("run2")
+    train.main(["--preset", "quick", "--model", "paper-cnn", "--n-bins", "80", "--steps", "100", "--eval-every", "100",
+                "--n-val", "256", "--n-test", "32", "--batch-size", "64", "--lr", "2e-3", "--seed", "7",
+                "--outside-prob", "0", "--out", str(out)])  # fmt: skip
+    return out / "best.pt"
+
+
+def test_an_ensemble_averages_its_members_pz(trained, second, model, test_spectra, tmp_path):
+    from zfast.bins import pz_summary, refined_mode
+
+    instrument, flux, ivar, _ = test_spectra
+    wave = instrument.wavelength
+    other = zfast.load_model(second, "cpu")
+    members = [zfast.predict(m, wave, flux, ivar, pz=True) for m in (model, other)]
+    got = zfast.predict([trained[0], second], wave, flux, ivar, pz=True, device="cpu")
+    # P(z): the mean of the members' calibrated P(z), each computed alone.
+    mean_pz = 0.5 * (members[0]["pz"].double() + members[1]["pz"].double())
+    torch.testing.assert_close(got["pz"].double(), mean_pz, atol=1e-6, rtol=1e-5)
+    s = pz_summary(mean_pz, model.bin_edges)
+    torch.testing.assert_close(got["z_lo68"], s.lo68, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["z_err"], s.sigma, atol=1e-5, rtol=0)
+    # z: the refined mode of the members' mean plain softmax (from the networks' own outputs).
+    plain = 0.0
+    for m in (model, other):
+        normalised = inference.prepare_spectra(m, wave, flux, ivar)[0]
+        with torch.no_grad():
+            logits = inference.split_outside(m.network(normalised), m.outside)[0]
+        plain = plain + 0.5 * torch.softmax(logits.double(), dim=1)
+    torch.testing.assert_close(got["z"], refined_mode(plain, model.bin_edges), atol=1e-9, rtol=0)
+    assert (got["z"] - members[0]["z"]).abs().max() > 1e-4  # the second member moved some redshifts
+    # p_outside: the mean over members that have the output (only the first); flag_ood: a majority (both of two).
+    torch.testing.assert_close(got["p_outside"], members[0]["p_outside"])
+    assert torch.equal(got["flag_ood"], members[0]["flag_ood"] & members[1]["flag_ood"])
+    torch.testing.assert_close(got["ood_score"], 0.5 * (members[0]["ood_score"] + members[1]["ood_score"]))
+    # One member alone is that member; the same member twice changes nothing.
+    twice = zfast.predict(zfast.EnsembleModel([model, model]), wave, flux, ivar, pz=True)
+    for key in ("z", "z_err", "z_lo68", "z_hi68", "pz", "p_outside", "ood_score"):
+        torch.testing.assert_close(twice[key], members[0][key], atol=1e-9, rtol=1e-6)
+    assert torch.equal(twice["flag_ood"], members[0]["flag_ood"])
+    # zfast-predict with two checkpoints writes the API's table.
+    np.savez(tmp_path / "in.npz", wavelength=wave.numpy(), flux=flux.numpy(), ivar=ivar.numpy().copy())
+    out = tmp_path / "z.csv"
+    assert inference.main(["--checkpoint", str(trained[0]), str(second), "--input", str(tmp_path / "in.npz"),
+                           "--output", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    with open(out) as stream:
+        rows = list(csv.DictReader(stream))
+    np.testing.assert_allclose([float(r["z"]) for r in rows], got["z"].numpy(), atol=1e-5)
+
+
+def test_an_ensemble_refuses_members_that_cannot_be_averaged(trained, model, tmp_path):
+    with pytest.raises(ValueError, match="at least one"):
+        zfast.EnsembleModel([])
+    wider = zfast.load_model(trained[0], "cpu")
+    wider.bin_edges = redshift_bin_edges(1.0, 1.8, 40)
+    with pytest.raises(ValueError, match="bins differ"):
+        zfast.EnsembleModel([model, wider])
+    train.main(["--preset", "quick", "--estimator", "regression", "--model", "paper-cnn", "--steps", "2", "--eval-every", "2",
+                "--n-val", "64", "--n-test", "32", "--batch-size", "32", "--out", str(tmp_path / "reg")])  # fmt: skip
+    with pytest.raises(ValueError, match="regression"):
+        zfast.load_ensemble([trained[0], tmp_path / "reg" / "best.pt"], "cpu")
+    with pytest.raises(SystemExit, match="regression"):
+        inference.main(["--checkpoint", str(trained[0]), str(tmp_path / "reg" / "best.pt"), "--input", "x.npz", "--output",
+                        str(tmp_path / "z.csv")])  # fmt: skip

@@ -11,7 +11,7 @@ Public API:
                                                one definition of the redshift bins for all estimators
     air_to_vacuum(wavelength), vacuum_to_air(wavelength)
                                                Morton (2000) / IAU conversion of wavelengths in Å
-    predict(model, wavelength, flux, ivar=None), load_model(checkpoint)
+    predict(model, wavelength, flux, ivar=None), load_model(checkpoint), load_ensemble(checkpoints)
                                                redshifts of real spectra from a zfast-train checkpoint
     SEDLibrary.default()                       the built-in bagpipes library (no bagpipes needed to load it)
 
@@ -20,7 +20,7 @@ SED libraries are built with ``zfast-sed build`` (zfast.sed_builder; needs the G
 
 from ._native import native_available
 from .bins import PzSummary, pz_summary, redshift_bin_edges, soft_labels, target_to_z, z_to_bin, z_to_target
-from .inference import RedshiftModel, load_model, predict
+from .inference import EnsembleModel, RedshiftModel, load_ensemble, load_model, predict
 from .data import AugmentedSpectra, Instrument, NoiseModel, SEDLibrary, normalise, split_by_sed
 from .ops import JSDEntropyLoss, jsd_entropy, jsd_entropy_reference, pixel_edges, rebin, redshift_resample_reference
 from .wavelengths import air_to_vacuum, vacuum_to_air
@@ -33,11 +33,13 @@ __all__ = [
     "JSDEntropyLoss",
     "NoiseModel",
     "PzSummary",
+    "EnsembleModel",
     "RedshiftModel",
     "SEDLibrary",
     "air_to_vacuum",
     "jsd_entropy",
     "jsd_entropy_reference",
+    "load_ensemble",
     "load_model",
     "native_available",
     "normalise",

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bins import redshift_bin_edges, target_to_z
+from .bins import pz_summary, redshift_bin_edges, refined_mode, target_to_z
 from .calibration import calibrated_summary, spectrum_snr
 from .data.instrument import Instrument, normalise
 from .models import build_model, split_outside
@@ -230,6 +230,54 @@ def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.dev
     return model
 
 
+@dataclass
+class EnsembleModel:
+    """Several trained networks used as one (a deep ensemble: the same recipe trained with different seeds).
+
+    Members must be binned estimators (classification or distribution) on the same instrument and redshift bins.
+    For each spectrum the members' P(z) are averaged: z is the refined mode of the mean plain softmax, z_err and
+    the intervals come from the mean of the members' calibrated P(z) (``pz``: that mean). Measured with three
+    seeds of the table's best recipe (README): the noiseless errors of one network are mostly its own noise, and
+    averaging cuts them. ``p_outside`` is the members' mean; ``ood_score`` their median, and ``flag_ood`` is
+    raised when more than half of the members flag the spectrum (each against its own threshold).
+    """
+
+    members: list
+
+    def __post_init__(self):
+        self.members = list(self.members)
+        if not self.members or not all(isinstance(m, RedshiftModel) for m in self.members):
+            raise ValueError("an ensemble needs at least one RedshiftModel")
+        first = self.members[0]
+        for m in self.members:
+            if m.estimator == "regression":
+                raise ValueError(f"{m.source}: a regression model has no P(z) to average; ensembles take binned estimators")
+            if m.instrument.name != first.instrument.name or m.instrument.n_pixels != first.instrument.n_pixels:
+                raise ValueError(f"{m.source}: instrument {m.instrument.name} differs from {first.source}'s {first.instrument.name}")
+            if m.bin_edges.shape != first.bin_edges.shape or not torch.equal(m.bin_edges, first.bin_edges):
+                raise ValueError(f"{m.source}: its redshift bins differ from {first.source}'s")
+        devices = {m.device for m in self.members}
+        if len(devices) > 1:
+            raise ValueError(f"ensemble members on several devices: {sorted(map(str, devices))}")
+
+    estimator = property(lambda self: "ensemble")
+    bin_edges = property(lambda self: self.members[0].bin_edges)
+    instrument = property(lambda self: self.members[0].instrument)
+    device = property(lambda self: self.members[0].device)
+    z_range = property(lambda self: self.members[0].z_range)
+    source = property(lambda self: "+".join(Path(m.source).parent.name or m.source for m in self.members))
+
+    def to(self, device) -> "EnsembleModel":
+        for m in self.members:
+            m.to(device)
+        return self
+
+
+def load_ensemble(checkpoints, device: Union[str, torch.device, None] = None) -> EnsembleModel:
+    """An ``EnsembleModel`` of zfast-train checkpoints (``load_model`` for each)."""
+    return EnsembleModel([load_model(path, device) for path in checkpoints])
+
+
 # --- spectra onto the model's pixels --------------------------------------------------------------------
 def _as_float64(values, name: str) -> torch.Tensor:
     tensor = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
@@ -334,9 +382,12 @@ def check_coverage(model: RedshiftModel, wavelength, min_valid: float = 0.5, air
 
 # --- prediction ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = False, snr: Optional[torch.Tensor] = None) -> dict:
+def predict_normalised(model: Union[RedshiftModel, EnsembleModel], flux: torch.Tensor, pz: bool = False,
+                       snr: Optional[torch.Tensor] = None) -> dict:  # fmt: skip
     """z, z_err, z_lo68, z_hi68, ood_score, flag_z_range (and pz) for normalised spectra [B, M] on the model's
     pixels; ``snr`` [B] (``zfast.calibration.spectrum_snr``) picks the checkpoint's P(z) temperature."""
+    if isinstance(model, EnsembleModel):
+        return _predict_ensemble(model, flux, pz, snr)
     model.network.eval()
     has_ood = "ood_means" in model.stats or "ood_mean" in model.stats
     features, output = ood_features(model.network, flux.to(model.device, torch.float32),
@@ -366,6 +417,42 @@ def predict_normalised(model: RedshiftModel, flux: torch.Tensor, pz: bool = Fals
     return {k: v.cpu() for k, v in result.items()}
 
 
+def _predict_ensemble(model: EnsembleModel, flux: torch.Tensor, pz: bool, snr: Optional[torch.Tensor]) -> dict:
+    """``predict_normalised`` for an ensemble: the members' P(z) averaged (see ``EnsembleModel``)."""
+    plain, calibrated, outside, scores, flags = 0.0, 0.0, [], [], []
+    edges = model.bin_edges.to(model.device)
+    for member in model.members:
+        member.network.eval()
+        has_ood = "ood_means" in member.stats or "ood_mean" in member.stats
+        features, output = ood_features(member.network, flux.to(member.device, torch.float32),
+                                        taps="ood_means" in member.stats)  # fmt: skip
+        logits, out = split_outside(output, member.outside)
+        probs, _ = calibrated_summary(logits, snr, member.stats, edges)
+        plain = plain + torch.softmax(logits.double(), dim=1)
+        calibrated = calibrated + probs
+        outside.append(torch.sigmoid(out.double()) if out is not None else torch.full_like(probs[:, 0], math.nan))
+        if has_ood:
+            scores.append(ood_scores(features, member.stats))
+            flags.append(scores[-1] > float(member.stats["ood_threshold"]))
+    n = len(model.members)
+    plain, calibrated = plain / n, calibrated / n
+    s = pz_summary(calibrated, edges)
+    z = refined_mode(plain, edges)
+    result = dict(z=z, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68)
+    if pz:
+        result["pz"] = calibrated.float()
+    if scores:
+        result["ood_score"] = torch.stack(scores).quantile(0.5, dim=0)  # (of two: their mean)
+        result["flag_ood"] = torch.stack(flags).sum(dim=0) * 2 > len(flags)
+    else:
+        result["ood_score"] = torch.full_like(z, math.nan)
+        result["flag_ood"] = torch.zeros_like(z, dtype=torch.bool)
+    known = torch.stack(outside)
+    result["p_outside"] = known.nanmean(dim=0)  # NaN when no member has the output
+    result["flag_z_range"] = z_range_flag(z, result["p_outside"], *model.z_range)
+    return {k: v.cpu() for k, v in result.items()}
+
+
 def z_range_flag(z: torch.Tensor, p_outside: Optional[torch.Tensor], z_lo: float, z_hi: float) -> torch.Tensor:
     """flag_z_range: the network's P(outside the trained range) > OUTSIDE_THRESHOLD (models trained with
     ``--outside-prob``; NaN or None: no such output), or z within Z_RANGE_MARGIN of either end of the range."""
@@ -376,13 +463,14 @@ def z_range_flag(z: torch.Tensor, p_outside: Optional[torch.Tensor], z_lo: float
     return flag
 
 
-def predict(model: Union[RedshiftModel, str, os.PathLike], wavelength, flux, ivar=None, *, air: bool = False,
+def predict(model: Union[RedshiftModel, EnsembleModel, str, os.PathLike, list], wavelength, flux, ivar=None, *, air: bool = False,
             flux_unit: str = "flam", pz: bool = False, batch_size: int = 1024, min_valid: float = 0.5,
             device=None) -> dict:  # fmt: skip
     """Redshifts of real spectra.
 
     Args:
-        model: a ``RedshiftModel`` (``load_model``) or the path of a zfast-train checkpoint.
+        model: a ``RedshiftModel`` (``load_model``) or the path of a zfast-train checkpoint; an ``EnsembleModel``
+            (``load_ensemble``) or a list of checkpoint paths: their P(z) averaged (see ``EnsembleModel``).
         wavelength (array [N] or [B, N]): observed pixel centres in Å, vacuum (``air=True``: air), increasing.
         flux (array [B, N] or [N]): f_λ in any units (``flux_unit="fnu"``: f_ν); NaN marks a bad pixel.
         ivar (array [B, N], optional): inverse variances; 0 or NaN marks a bad pixel. Default: all pixels valid.
@@ -395,7 +483,9 @@ def predict(model: Union[RedshiftModel, str, os.PathLike], wavelength, flux, iva
         (float64), flag_z_range, flag_few_pixels, flag_ood (bool), and pz [B, K] float32 when asked (see the module
         docstring for their meaning). Rows stay in input order; none are dropped.
     """
-    if not isinstance(model, RedshiftModel):
+    if isinstance(model, (list, tuple)):
+        model = load_ensemble(model, device)
+    elif not isinstance(model, (RedshiftModel, EnsembleModel)):
         model = load_model(model, device)
     elif device is not None:
         model.to(device)
@@ -666,7 +756,7 @@ def _fits_format(ids: np.ndarray) -> str:
     return f"{width}A"
 
 
-def predict_file(model: RedshiftModel, input_path, output_path, *, pz: bool = False, air: bool = False,
+def predict_file(model: Union[RedshiftModel, EnsembleModel], input_path, output_path, *, pz: bool = False, air: bool = False,
                  flux_unit: str = "flam", batch_size: int = 1024, min_valid: float = 0.5, overwrite: bool = False,
                  progress: Optional[bool] = None) -> int:  # fmt: skip
     """Predict every spectrum of ``input_path`` and write the table to ``output_path`` (.csv or .fits),
@@ -707,7 +797,8 @@ def predict_file(model: RedshiftModel, input_path, output_path, *, pz: bool = Fa
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zfast-predict", description="Redshifts of spectra in a file from a zfast-train checkpoint.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    parser.add_argument("--checkpoint", required=True, help="a zfast-train checkpoint (best.pt)")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="a zfast-train checkpoint (best.pt); several: an ensemble, their P(z) averaged (binned estimators on the same bins)")
     parser.add_argument("--input", required=True, help="spectra: .npz, .h5/.hdf5 or .fits with wavelength [M] (Å), flux [N, M], optional ivar [N, M] and id [N]")
     parser.add_argument("--output", required=True, help="the table: .csv or .fits")
     parser.add_argument("--pz", action="store_true", help="add P(z) (a column of n_bins probabilities)")
@@ -726,7 +817,7 @@ def main(argv: Optional[list] = None) -> int:
         raise SystemExit("zfast-predict: need --batch-size >= 1 and 0 <= --min-valid <= 1")
     try:
         device = None if args.device == "auto" else args.device
-        model = load_model(args.checkpoint, device)
+        model = load_model(args.checkpoint[0], device) if len(args.checkpoint) == 1 else load_ensemble(args.checkpoint, device)
         predict_file(model, args.input, args.output, pz=args.pz, air=args.air, flux_unit=args.flux_unit,
                      batch_size=args.batch_size, min_valid=args.min_valid, overwrite=args.overwrite)  # fmt: skip
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, TypeError, KeyError) as error:
