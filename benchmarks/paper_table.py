@@ -38,10 +38,11 @@ from pathlib import Path
 import torch
 
 from zfast import train
-from zfast.bins import redshift_bin_edges
-from zfast.calibration import CALIBRATION_VERSION, SNR_EDGES
+from zfast.bins import pz_summary, redshift_bin_edges, refined_mode
+from zfast.calibration import CALIBRATION_VERSION, SNR_EDGES, spectrum_snr
 from zfast.data import Instrument, NoiseModel
 from zfast.data.instrument import EUCLID_LINE_SNR_AT_LIMIT
+from zfast.inference import ensemble_outputs, load_model
 from zfast.metrics import redshift_metrics
 from zfast.models import build_model
 from zfast.template_fit import template_fit_redshift
@@ -210,6 +211,26 @@ def score(c: train.TrainConfig, model, data, edges, calibration) -> dict:
     return redshift_metrics(z.double().cpu(), prediction["z"].cpu(), **extra)
 
 
+def score_ensemble(members: list, work: Path, sets: dict, device, library) -> dict:
+    """ENSEMBLE_ROW: the finished runs ``members`` used as one ``zfast.EnsembleModel`` (mean P(z), its own per-SNR
+    temperatures: an ensemble file, ``zfast-train --ensemble``, in <work>/<ENSEMBLE_ROW>/) on every test set."""
+    path = work / run_folder(ENSEMBLE_ROW) / "ensemble.pt"
+    if not path.exists():
+        train.build_ensemble([work / run_folder(m) / "best.pt" for m in members], path, str(device))
+    ensemble = load_model(path, device)
+    edges = ensemble.bin_edges.to(device)
+    c = train.config_from_state(train.load_checkpoint(work / run_folder(members[0]) / "best.pt"))
+    entry = {"config": dict(members=members), "step": c.steps, "n_train_seds": int(train.run_splits(c, library)["train"].numel()),
+             "train_seconds": sum(_train_seconds(work / run_folder(m)) for m in members)}  # fmt: skip
+    for (split, condition), (flux, ivar, z, _) in sets.items():
+        parts = [ensemble_outputs(ensemble, flux[i:i + 1024], spectrum_snr(ivar[i:i + 1024])) for i in range(0, flux.shape[0], 1024)]
+        plain, calibrated = (torch.cat([p[key] for p in parts]) for key in ("plain", "calibrated"))
+        s = pz_summary(calibrated, edges)
+        entry[f"{split}/{condition}"] = redshift_metrics(z.double().cpu(), refined_mode(plain, edges).cpu(), lo68=s.lo68.cpu(),
+                                                         hi68=s.hi68.cpu(), lo95=s.lo95.cpu(), hi95=s.hi95.cpu())  # fmt: skip
+    return entry
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--library", required=True, help="SED library file (zfast-sed build --n 10000)")
@@ -301,6 +322,11 @@ def main(argv=None) -> int:
         for (split, condition), data in sets.items():
             entry[f"{split}/{condition}"] = score(c, model, data, edges, state.get("predict_stats"))
         results["runs"][name] = entry
+        _write(results_path, results)
+    members = [ENSEMBLE_OF] + [f"{ENSEMBLE_OF}/seed-{seed}" for seed in ENSEMBLE_SEEDS[1:]]
+    wanted = not args.only or ENSEMBLE_ROW in args.only.split(",")
+    if wanted and all((work / run_folder(m) / "metrics.json").exists() for m in members):
+        results["runs"][ENSEMBLE_ROW] = score_ensemble(members, work, sets, device, library)
         _write(results_path, results)
     (out / "paper_table.md").write_text(markdown(results))
     size_figure(results, out / "size_study.png")

@@ -358,3 +358,35 @@ def test_an_ensemble_refuses_members_that_cannot_be_averaged(trained, model, tmp
     with pytest.raises(SystemExit, match="regression"):
         inference.main(["--checkpoint", str(trained[0]), str(tmp_path / "reg" / "best.pt"), "--input", "x.npz", "--output",
                         str(tmp_path / "z.csv")])  # fmt: skip
+
+
+def test_an_ensemble_file_calibrates_the_mean_pz(trained, second, model, test_spectra, tmp_path):
+    from zfast.calibration import calibrated_probs
+
+    instrument, flux, ivar, _ = test_spectra
+    wave = instrument.wavelength
+    assert train.main(["--ensemble", str(trained[0]), str(second), "--out", str(tmp_path / "ens"), "--device", "cpu"]) == 0
+    ensemble = zfast.load_model(tmp_path / "ens" / "ensemble.pt", "cpu")
+    assert isinstance(ensemble, zfast.EnsembleModel) and len(ensemble.members) == 2
+    temperatures = ensemble.stats["temperatures"]
+    assert temperatures.numel() == len(SNR_EDGES) - 1 and not torch.equal(temperatures, torch.ones_like(temperatures))
+    plain_mix = zfast.predict([trained[0], second], wave, flux, ivar, pz=True, device="cpu")
+    got = zfast.predict(ensemble, wave, flux, ivar, pz=True)
+    torch.testing.assert_close(got["z"], plain_mix["z"], atol=1e-9, rtol=0)  # a temperature never moves z
+    # P(z) = mean plain softmax ^ (1 / T(snr)), renormalised.
+    mean_plain = 0.0
+    for m in (model, zfast.load_model(second, "cpu")):
+        normalised = inference.prepare_spectra(m, wave, flux, ivar)[0]
+        with torch.no_grad():
+            mean_plain = mean_plain + 0.5 * torch.softmax(inference.split_outside(m.network(normalised), m.outside)[0].double(), dim=1)
+    expected = calibrated_probs(torch.log(mean_plain), got["snr"], ensemble.stats)
+    torch.testing.assert_close(got["pz"].double(), expected, atol=1e-6, rtol=1e-4)
+    # The file holds weights, not paths: it works after the runs are gone, and through zfast-predict.
+    np.savez(tmp_path / "in.npz", wavelength=wave.numpy(), flux=flux.numpy(), ivar=ivar.numpy().copy())
+    assert inference.main(["--checkpoint", str(tmp_path / "ens" / "ensemble.pt"), "--input", str(tmp_path / "in.npz"),
+                           "--output", str(tmp_path / "z.csv"), "--device", "cpu"]) == 0  # fmt: skip
+    with open(tmp_path / "z.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    np.testing.assert_allclose([float(r["z_hi68"]) for r in rows], got["z_hi68"].numpy(), atol=1e-5)
+    with pytest.raises(SystemExit, match="at least two"):
+        train.main(["--ensemble", str(trained[0]), "--out", str(tmp_path / "one")])

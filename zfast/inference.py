@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from .bins import pz_summary, redshift_bin_edges, refined_mode, target_to_z
-from .calibration import calibrated_summary, spectrum_snr
+from .calibration import calibrated_probs, calibrated_summary, spectrum_snr
 from .data.instrument import Instrument, normalise
 from .models import build_model, split_outside
 from .ops.rebin import cumulative_at, pixel_edges
@@ -204,9 +204,10 @@ def _has_outside(config: dict) -> bool:
     return float(config.get("outside_prob", 0.0)) > 0  # checkpoints from before outside_prob: none
 
 
-def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.device, None] = None) -> RedshiftModel:
+def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.device, None] = None) -> Union[RedshiftModel, "EnsembleModel"]:
     """A ``RedshiftModel`` from a zfast-train checkpoint (``best.pt`` or ``last.pt``), in eval mode, on ``device``
-    (default: CUDA if available). Loaded with ``torch.load(weights_only=True)``: no code runs from the file."""
+    (default: CUDA if available); an ``EnsembleModel`` from an ensemble file (``zfast-train --ensemble``). Loaded
+    with ``torch.load(weights_only=True)``: no code runs from the file."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
@@ -214,6 +215,13 @@ def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.dev
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, truncated, or not a checkpoint
         raise ValueError(f"{path}: not a readable zfast checkpoint ({type(error).__name__}: {error})") from error
+    if isinstance(state, dict) and "ensemble_version" in state:
+        members = [_model_from_state(member, f"{path}[{i}]", device) for i, member in enumerate(state.get("members", []))]
+        return EnsembleModel(members, dict(state.get("predict_stats", {})), str(path))
+    return _model_from_state(state, str(path), device)
+
+
+def _model_from_state(state, path: str, device) -> RedshiftModel:
     if not isinstance(state, dict) or not {"config", "model"} <= set(state):
         raise ValueError(f"{path}: not a zfast-train checkpoint (no config/model)")
     c = state["config"]
@@ -225,9 +233,8 @@ def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.dev
         raise ValueError(f"{path}: the weights do not fit a {c['model']} {c['estimator']} network: {error}") from error
     network.eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device is None else torch.device(device)
-    model = RedshiftModel(network.to(device), c["estimator"], redshift_bin_edges(c["z_min"], c["z_max"], c["n_bins"]),
-                          instrument, dict(state.get("predict_stats", {})), dict(c), str(path))  # fmt: skip
-    return model
+    return RedshiftModel(network.to(device), c["estimator"], redshift_bin_edges(c["z_min"], c["z_max"], c["n_bins"]),
+                         instrument, dict(state.get("predict_stats", {})), dict(c), path)  # fmt: skip
 
 
 @dataclass
@@ -235,14 +242,18 @@ class EnsembleModel:
     """Several trained networks used as one (a deep ensemble: the same recipe trained with different seeds).
 
     Members must be binned estimators (classification or distribution) on the same instrument and redshift bins.
-    For each spectrum the members' P(z) are averaged: z is the refined mode of the mean plain softmax, z_err and
-    the intervals come from the mean of the members' calibrated P(z) (``pz``: that mean). Measured with three
+    For each spectrum the members' P(z) are averaged: z is the refined mode of the mean plain softmax. z_err, the
+    intervals and ``pz`` come from that mean with the ensemble's own per-SNR temperature, P ∝ mean^(1/T) (an
+    ensemble file, ``zfast-train --ensemble``, holds them: ``stats``), or else from the mean of the members'
+    calibrated P(z), which is too wide when members agree better than each one's spread. Measured with three
     seeds of the table's best recipe (README): the noiseless errors of one network are mostly its own noise, and
     averaging cuts them. ``p_outside`` is the members' mean; ``ood_score`` their median, and ``flag_ood`` is
     raised when more than half of the members flag the spectrum (each against its own threshold).
     """
 
     members: list
+    stats: dict = field(default_factory=dict)  # the ensemble's own P(z) temperatures (an ensemble file's), if any
+    path: str = ""  # the ensemble file it was read from, if any
 
     def __post_init__(self):
         self.members = list(self.members)
@@ -265,7 +276,7 @@ class EnsembleModel:
     instrument = property(lambda self: self.members[0].instrument)
     device = property(lambda self: self.members[0].device)
     z_range = property(lambda self: self.members[0].z_range)
-    source = property(lambda self: "+".join(Path(m.source).parent.name or m.source for m in self.members))
+    source = property(lambda self: self.path or "+".join(Path(m.source).parent.name or m.source for m in self.members))
 
     def to(self, device) -> "EnsembleModel":
         for m in self.members:
@@ -417,8 +428,10 @@ def predict_normalised(model: Union[RedshiftModel, EnsembleModel], flux: torch.T
     return {k: v.cpu() for k, v in result.items()}
 
 
-def _predict_ensemble(model: EnsembleModel, flux: torch.Tensor, pz: bool, snr: Optional[torch.Tensor]) -> dict:
-    """``predict_normalised`` for an ensemble: the members' P(z) averaged (see ``EnsembleModel``)."""
+@torch.no_grad()
+def ensemble_outputs(model: EnsembleModel, flux: torch.Tensor, snr: Optional[torch.Tensor]) -> dict:
+    """The members' averages for normalised spectra [B, M]: ``plain`` (mean softmax) and ``calibrated`` (mean
+    calibrated P(z)) [B, K] float64, ``p_outside``, ``ood_score`` [B] and ``flag_ood`` (see ``EnsembleModel``)."""
     plain, calibrated, outside, scores, flags = 0.0, 0.0, [], [], []
     edges = model.bin_edges.to(model.device)
     for member in model.members:
@@ -427,29 +440,41 @@ def _predict_ensemble(model: EnsembleModel, flux: torch.Tensor, pz: bool, snr: O
         features, output = ood_features(member.network, flux.to(member.device, torch.float32),
                                         taps="ood_means" in member.stats)  # fmt: skip
         logits, out = split_outside(output, member.outside)
-        probs, _ = calibrated_summary(logits, snr, member.stats, edges)
         plain = plain + torch.softmax(logits.double(), dim=1)
-        calibrated = calibrated + probs
-        outside.append(torch.sigmoid(out.double()) if out is not None else torch.full_like(probs[:, 0], math.nan))
+        if "temperatures" not in model.stats:
+            calibrated = calibrated + calibrated_summary(logits, snr, member.stats, edges)[0]
+        outside.append(torch.sigmoid(out.double()) if out is not None else torch.full_like(logits[:, 0], math.nan, dtype=torch.float64))
         if has_ood:
             scores.append(ood_scores(features, member.stats))
             flags.append(scores[-1] > float(member.stats["ood_threshold"]))
     n = len(model.members)
-    plain, calibrated = plain / n, calibrated / n
-    s = pz_summary(calibrated, edges)
-    z = refined_mode(plain, edges)
-    result = dict(z=z, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68)
-    if pz:
-        result["pz"] = calibrated.float()
+    plain = plain / n
+    if "temperatures" in model.stats:
+        calibrated = calibrated_probs(torch.log(plain.clamp_min(1e-300)), snr, model.stats) if snr is not None else plain
+    else:
+        calibrated = calibrated / n
+    result = dict(plain=plain, calibrated=calibrated, p_outside=torch.stack(outside).nanmean(dim=0))
     if scores:
         result["ood_score"] = torch.stack(scores).quantile(0.5, dim=0)  # (of two: their mean)
         result["flag_ood"] = torch.stack(flags).sum(dim=0) * 2 > len(flags)
     else:
-        result["ood_score"] = torch.full_like(z, math.nan)
-        result["flag_ood"] = torch.zeros_like(z, dtype=torch.bool)
-    known = torch.stack(outside)
-    result["p_outside"] = known.nanmean(dim=0)  # NaN when no member has the output
-    result["flag_z_range"] = z_range_flag(z, result["p_outside"], *model.z_range)
+        result["ood_score"] = torch.full_like(result["p_outside"], math.nan)
+        result["flag_ood"] = torch.zeros_like(result["p_outside"], dtype=torch.bool)
+    return result
+
+
+@torch.no_grad()
+def _predict_ensemble(model: EnsembleModel, flux: torch.Tensor, pz: bool, snr: Optional[torch.Tensor]) -> dict:
+    """``predict_normalised`` for an ensemble: the members' P(z) averaged (see ``EnsembleModel``)."""
+    out = ensemble_outputs(model, flux, snr)
+    edges = model.bin_edges.to(model.device)
+    s = pz_summary(out["calibrated"], edges)
+    z = refined_mode(out["plain"], edges)
+    result = dict(z=z, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68, ood_score=out["ood_score"], flag_ood=out["flag_ood"],
+                  p_outside=out["p_outside"])  # fmt: skip
+    if pz:
+        result["pz"] = out["calibrated"].float()
+    result["flag_z_range"] = z_range_flag(z, result["p_outside"], *model.z_range)  # p_outside NaN: no member has it
     return {k: v.cpu() for k, v in result.items()}
 
 

@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (then --config, then options)")
     parser.add_argument("--config", help="a TOML file of TrainConfig fields")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    parser.add_argument("--ensemble", nargs="+", metavar="CHECKPOINT",
+                        help="instead of training: combine these finished runs' checkpoints (binned estimators, same bins; e.g. one "
+                             "recipe with several --seed) into <out>/ensemble.pt, their P(z) averaged and calibrated together on "
+                             "the first run's calibration set; zfast-predict reads it like a checkpoint")
     parser.add_argument("--plots", metavar="RUN_DIR", help="on demand, also mid-run: evaluate RUN_DIR's best checkpoint on the test set, rewrite metrics.json and redraw plots/")
     for f in dataclasses.fields(TrainConfig):
         name = "--" + f.name.replace("_", "-")
@@ -562,6 +566,16 @@ def calibration_size(c: TrainConfig) -> int:
     return c.n_calibration if c.n_calibration > 0 else max(1024, min(8192, 8 * c.n_val))
 
 
+def calibration_set(c: TrainConfig, library, instrument: Instrument) -> tuple:
+    """(flux, ivar, z) the P(z) temperatures are fitted to: ``calibration_size(c)`` spectra of the validation SEDs with
+    the training noise (seed 46,000 + split_seed) and a quarter as many noiseless ones (seed 45,000 + split_seed)."""
+    n_cal = calibration_size(c)
+    flux, ivar, z, _ = augmented(c, library, instrument, "val").fixed_set(n_cal, seed=46_000 + c.split_seed)
+    quiet = Instrument(instrument.name, instrument.wave_edges, instrument.lsf_fwhm, NoiseModel("none"))
+    clean_flux, clean_ivar, clean_z, _ = augmented(c, library, quiet, "val").fixed_set(n_cal // 4, seed=45_000 + c.split_seed)
+    return torch.cat([flux, clean_flux]), torch.cat([ivar, clean_ivar]), torch.cat([z, clean_z])
+
+
 def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, model, library, instrument, edges) -> None:
     """What zfast-predict needs besides the weights, added to the best checkpoint (and to last.pt when it holds the
     same weights): the OOD statistics of the network's layers (zfast.inference.fit_ood: training spectra for
@@ -587,14 +601,9 @@ def store_predict_stats(c: TrainConfig, out: Path, best_path: Path, best: dict, 
     else:
         # Per-SNR temperatures (zfast.calibration) from spectra of the validation SEDs with the training noise, plus
         # noiseless ones (top SNR bin); a set of their own, larger than the validation set (n_calibration).
-        n_cal = calibration_size(c)
-        cal_flux, cal_ivar, cal_z, _ = augmented(c, library, instrument, "val").fixed_set(n_cal, seed=46_000 + c.split_seed)
-        quiet = Instrument(instrument.name, instrument.wave_edges, instrument.lsf_fwhm, NoiseModel("none"))
-        clean_flux, clean_ivar, clean_z, _ = augmented(c, library, quiet, "val").fixed_set(n_cal // 4, seed=45_000 + c.split_seed)
-        noisy, clean = predict(model, c, cal_flux, edges), predict(model, c, clean_flux, edges)
-        stats.update(fit_temperatures(torch.cat([noisy["outputs"], clean["outputs"]]), torch.cat([cal_z, clean_z]), edges,
-                                      torch.cat([spectrum_snr(cal_ivar), spectrum_snr(clean_ivar)])))  # fmt: skip
-        stats["calibration_n"] = torch.tensor(n_cal)
+        cal_flux, cal_ivar, cal_z = calibration_set(c, library, instrument)
+        stats.update(fit_temperatures(predict(model, c, cal_flux, edges)["outputs"], cal_z, edges, spectrum_snr(cal_ivar)))
+        stats["calibration_n"] = torch.tensor(calibration_size(c))
     best["predict_stats"] = stats
     save_checkpoint(best_path, best)
     last_path = out / "last.pt"
@@ -685,11 +694,51 @@ def plots_on_demand(run_dir: Path) -> dict:
     return finish(c, run_dir, model, instrument, library, edges)
 
 
+def build_ensemble(checkpoints: list, path: Path, device: str = "auto") -> dict:
+    """Write an ensemble file: the members' weights and predict_stats (no optimiser state) and the ensemble's own
+    per-SNR temperatures, fitted (``fit_temperatures``) to log of the members' mean plain softmax on the first
+    member's calibration set (``calibration_set``: validation SEDs, the same for members of one split). The mixture
+    of calibrated members is too wide when they disagree less than each one's spread (measured: README). Returns
+    the ensemble's calibration stats."""
+    from .inference import EnsembleModel, ensemble_outputs, load_model
+
+    if len(checkpoints) < 2:
+        raise ValueError(f"an ensemble needs at least two checkpoints, got {len(checkpoints)}")
+    dev = pick_device(device)
+    states = [load_checkpoint(Path(ckpt)) for ckpt in checkpoints]
+    ensemble = EnsembleModel([load_model(ckpt, dev) for ckpt in checkpoints])  # checks bins, instrument, estimators
+    c = config_from_state(states[0])
+    for ckpt, state in zip(checkpoints, states):
+        other = config_from_state(state)
+        if (other.library, other.split_seed, other.holdout_sfh, other.train_seds) != (c.library, c.split_seed, c.holdout_sfh, c.train_seds):
+            print(f"zfast-train: warning: {ckpt} was trained on another library or split than {checkpoints[0]}: its "
+                  "validation SEDs may have been training SEDs of the first", file=sys.stderr)  # fmt: skip
+    library = load_library(c.library).to(dev)
+    flux, ivar, z = calibration_set(c, library, make_instrument(c))
+    snr = spectrum_snr(ivar)
+    plain = torch.cat([ensemble_outputs(ensemble, flux[i:i + 1024], snr[i:i + 1024])["plain"] for i in range(0, flux.shape[0], 1024)])
+    stats = fit_temperatures(torch.log(plain.clamp_min(1e-300)), z, ensemble.bin_edges, snr)
+    stats["calibration_n"] = torch.tensor(calibration_size(c))
+    members = [{key: state[key] for key in ("config", "model", "predict_stats", "step") if key in state} for state in states]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"ensemble_version": 1, "members": members, "sources": [str(p) for p in checkpoints],
+                           "predict_stats": stats})  # fmt: skip
+    print(f"ensemble of {len(members)} -> {path}; temperatures per SNR bin {[round(float(t), 4) for t in stats['temperatures']]}",
+          file=sys.stderr)  # fmt: skip
+    return stats
+
+
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.plots:
         try:
             plots_on_demand(Path(args.plots))
+        except (ValueError, FileNotFoundError, ImportError) as error:
+            raise SystemExit(f"zfast-train: {error}") from error
+        return 0
+    if args.ensemble:
+        try:
+            build_ensemble(args.ensemble, Path(args.out or "runs/ensemble") / "ensemble.pt", args.device or "auto")
         except (ValueError, FileNotFoundError, ImportError) as error:
             raise SystemExit(f"zfast-train: {error}") from error
         return 0
