@@ -16,6 +16,8 @@ Euclid-like spectra the survey targets (Hα + [NII] above its 2e-16 erg s⁻¹ c
   wide-label start (js-only, λ2 = 0), and an entropy bonus (entropy-bonus, λ2 = -0.05);
 * 4x-steps, 8x-steps: the best of these (resnet1d, distribution, JS alone) trained 4x longer (on white and on
   Euclid-like noise) and 8x longer (white; trained with the outside output, zfast-train's default since);
+* ensemble: the 4x recipe again with seeds 1 and 2, and the three as one ``zfast-train --ensemble`` file
+  (<work>/<ENSEMBLE_ROW>/ensemble.pt: mean P(z), temperatures of its own);
 * size: resnet1d classification 800 trained on 800, 1600, 4000 SEDs (80 % of 1K, 2K, 5K) and on all;
 * chi2: the information limit, ``zfast.template_fit.template_fit_redshift`` on the very same test spectra.
 Every run is a zfast-train run in ``--work/<name>``; a finished run (its metrics.json exists) is reused, so an
