@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_table
 
+import zfast
 from zfast import train
 from zfast.bins import redshift_bin_edges
 from zfast.data import Instrument
@@ -40,34 +41,42 @@ def _error(eta: float, n: int) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", help="best.pt of table runs (trained on the same library)")
+    parser.add_argument("checkpoints", nargs="+", help="best.pt of table runs (trained on the same library), or ensemble files")
+    parser.add_argument("--no-chi2", action="store_true", help="skip the true-template χ² (8 min; same spectra every time)")
     parser.add_argument("--library", required=True)
     parser.add_argument("--n", type=int, default=16_384, help="spectra per condition and test set")
     parser.add_argument("--holdout-sfh", default="lognormal")
     args = parser.parse_args(argv)
     library = train.load_library(args.library)
-    states = [train.load_checkpoint(Path(p)) for p in args.checkpoints]
-    first = dataclasses.replace(train.config_from_state(states[0]), library=args.library, holdout_sfh=args.holdout_sfh,
+    models = [zfast.load_model(p, "cpu") for p in args.checkpoints]
+    states = [None if isinstance(m, zfast.EnsembleModel) else train.load_checkpoint(Path(p)) for p, m in zip(args.checkpoints, models)]
+    config = train.TrainConfig(**(models[0].members[0] if states[0] is None else models[0]).config)
+    first = dataclasses.replace(config, library=args.library, holdout_sfh=args.holdout_sfh,
                                 noise="white", min_line_snr=0.0)  # fmt: skip
     sets = {}
     for split in ("test", "holdout") if args.holdout_sfh else ("test",):
         for condition, seed in SEEDS.items():
             instrument = Instrument.preset(first.instrument, paper_table.CONDITIONS[condition])
             sets[split, condition] = train.augmented(first, library, instrument, split).fixed_set(args.n, seed=seed)
-    for (split, condition), (flux, ivar, z, sed) in sets.items():
+    for (split, condition), (flux, ivar, z, sed) in sets.items() if not args.no_chi2 else ():
         instrument = Instrument.preset(first.instrument, paper_table.CONDITIONS[condition])
         eta = _eta(template_fit_redshift(library, instrument, sed, flux, ivar, (first.z_min, first.z_max)), z)
         print(f"{'χ² with the true template':48s} {split:8s} {condition:6s} η {100 * eta:.2f} ± {100 * _error(eta, args.n):.2f} %",
               flush=True)  # fmt: skip
-    for path, state in zip(args.checkpoints, states):
-        c = train.config_from_state(state)
-        model = paper_table.load_network(c, state)
-        edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins)
+    for path, state, loaded in zip(args.checkpoints, states, models):
+        if state is not None:
+            c = train.config_from_state(state)
+            model = paper_table.load_network(c, state)
+            edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins)
+        name = Path(path).parent.name if state is not None else f"{Path(path).parent.name} (ensemble of {len(loaded.members)})"
         for (split, condition), data in sets.items():
             with torch.no_grad():
-                m = paper_table.score(c, model, data, edges, state.get("predict_stats"))
+                if state is None:
+                    m = paper_table.ensemble_metrics(loaded, data)
+                else:
+                    m = paper_table.score(c, model, data, edges, state.get("predict_stats"))
             eta = m["outlier_01"]
-            print(f"{Path(path).parent.name:48s} {split:8s} {condition:6s} η {100 * eta:.2f} ± {100 * _error(eta, args.n):.2f} %  "
+            print(f"{name:48s} {split:8s} {condition:6s} η {100 * eta:.2f} ± {100 * _error(eta, args.n):.2f} %  "
                   f"σ_NMAD {m['sigma_nmad']:.2e}  68 % coverage {m.get('coverage68', math.nan):.3f}", flush=True)  # fmt: skip
     return 0
 

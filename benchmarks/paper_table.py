@@ -220,17 +220,23 @@ def score_ensemble(members: list, work: Path, sets: dict, device, library) -> di
     if not path.exists():
         train.build_ensemble([work / run_folder(m) / "best.pt" for m in members], path, str(device))
     ensemble = load_model(path, device)
-    edges = ensemble.bin_edges.to(device)
     c = train.config_from_state(train.load_checkpoint(work / run_folder(members[0]) / "best.pt"))
     entry = {"config": dict(members=members), "step": c.steps, "n_train_seds": int(train.run_splits(c, library)["train"].numel()),
              "train_seconds": sum(_train_seconds(work / run_folder(m)) for m in members)}  # fmt: skip
-    for (split, condition), (flux, ivar, z, _) in sets.items():
-        parts = [ensemble_outputs(ensemble, flux[i:i + 1024], spectrum_snr(ivar[i:i + 1024])) for i in range(0, flux.shape[0], 1024)]
-        plain, calibrated = (torch.cat([p[key] for p in parts]) for key in ("plain", "calibrated"))
-        s = pz_summary(calibrated, edges)
-        entry[f"{split}/{condition}"] = redshift_metrics(z.double().cpu(), refined_mode(plain, edges).cpu(), lo68=s.lo68.cpu(),
-                                                         hi68=s.hi68.cpu(), lo95=s.lo95.cpu(), hi95=s.hi95.cpu())  # fmt: skip
+    for (split, condition), data in sets.items():
+        entry[f"{split}/{condition}"] = ensemble_metrics(ensemble, data)
     return entry
+
+
+def ensemble_metrics(ensemble, data) -> dict:
+    """``score`` for a ``zfast.EnsembleModel``: z the refined mode of the mean softmax, intervals from its P(z)."""
+    flux, ivar, z, _ = data
+    edges = ensemble.bin_edges.to(ensemble.device)
+    parts = [ensemble_outputs(ensemble, flux[i:i + 1024], spectrum_snr(ivar[i:i + 1024])) for i in range(0, flux.shape[0], 1024)]
+    plain, calibrated = (torch.cat([p[key] for p in parts]) for key in ("plain", "calibrated"))
+    s = pz_summary(calibrated, edges)
+    return redshift_metrics(z.double().cpu(), refined_mode(plain, edges).cpu(), lo68=s.lo68.cpu(), hi68=s.hi68.cpu(),
+                            lo95=s.lo95.cpu(), hi95=s.hi95.cpu())  # fmt: skip
 
 
 def main(argv=None) -> int:
