@@ -103,6 +103,9 @@ def runs(args) -> dict:
     # classifier 4x longer, to compare outlier rates and the held-out recipe's coverage at equal steps.
     table["resnet1d/classification-800/4x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"],
                                                          **ESTIMATORS["classification-800"])  # fmt: skip
+    # JS plus a cross-entropy term (λ = 0.1): JS's outlier rates with cross-entropy's per-spectrum widths?
+    table["resnet1d/distribution-800/js-ce/4x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"], lambda_ce=0.1,
+                                                                 outside_prob=0.0)  # as the js-only 4x run was trained
     # A deep ensemble: the 4x row again with seeds 1 and 2 (outside output off, as the seed-0 run was trained), scored
     # together with it as ENSEMBLE_ROW (P(z) averaged): are the noiseless errors of one network its own noise?
     for seed in ENSEMBLE_SEEDS[1:]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -267,3 +268,30 @@ def test_outside_draws_cover_the_rest_of_the_librarys_reach():
     expected = torch.nn.functional.cross_entropy(output[:4, :8], torch.tensor([0, 3, 7, 2])) + \
         torch.nn.functional.binary_cross_entropy_with_logits(output[:, 8], torch.tensor([0.0, 0, 0, 0, 1, 1]))
     torch.testing.assert_close(train.training_loss(c, output, z, bin_edges, 0, n_beyond=2), expected)
+
+
+def test_lambda_ce_adds_a_cross_entropy_to_the_distribution_loss():
+    from zfast.bins import soft_labels
+
+    bin_edges = torch.linspace(1.0, 1.8, 41, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    output = torch.randn(7, 40, generator=g, dtype=torch.float64)
+    z = 1.0 + 0.8 * torch.rand(7, generator=g, dtype=torch.float64)
+    js = train.TrainConfig(estimator="distribution", n_bins=40, outside_prob=0.0, steps=100)
+    both = dataclasses.replace(js, lambda_ce=0.3)
+    step = 80  # after the label ramp: σ = label_sigma_bins
+    # Independent reference: JS(P, Q) in float64 from its definition, Q the final soft labels.
+    q = soft_labels(z, bin_edges, js.label_sigma_bins * 0.02)
+    p = torch.softmax(output, dim=1)
+    m = 0.5 * (p + q)
+
+    def kl(a, b):
+        return torch.where(a > 0, a * (a.clamp_min(1e-300).log() - b.log()), 0.0).sum(dim=1)
+
+    reference_js = js.lambda_js * 0.5 * (kl(p, m) + kl(q, m)).mean()
+    torch.testing.assert_close(train.training_loss(js, output, z, bin_edges, step), reference_js, rtol=1e-6, atol=1e-9)
+    bins = ((z - 1.0) / 0.02).floor().long()
+    ce = -torch.log_softmax(output, dim=1).gather(1, bins[:, None]).mean()
+    torch.testing.assert_close(train.training_loss(both, output, z, bin_edges, step), reference_js + 0.3 * ce, rtol=1e-6, atol=1e-9)
+    with pytest.raises(SystemExit, match="lambda_ce"):
+        train.check_config(dataclasses.replace(js, lambda_ce=-0.1))

@@ -80,6 +80,7 @@ class TrainConfig:
     label_start_factor: float = field(default=4.0, metadata={"help": "distribution: initial label σ / final σ"})
     lambda_js: float = field(default=0.85, metadata={"help": "distribution: weight of JS(P, Q)"})
     lambda_ent: float = field(default=0.0, metadata={"help": "distribution: weight of H(P) reached after the ramp (the paper: 0.15; it collapses weak-line spectra, see the module docstring)"})
+    lambda_ce: float = field(default=0.0, metadata={"help": "distribution: weight of an added cross-entropy against z's bin (a proper scoring rule: P(z) widths then follow each spectrum's uncertainty, which JS against fixed-width labels does not; see README); 0: the JS(+H) loss alone"})
     schedule_fraction: float = field(default=0.5, metadata={"help": "distribution: share of steps for the label/entropy ramp"})
     batch_size: int = field(default=256, metadata={"help": "spectra per step"})
     steps: int = field(default=2000, metadata={"help": "optimisation steps"})
@@ -163,6 +164,8 @@ def check_config(c: TrainConfig) -> None:
     for name in ("train_seds", "n_calibration"):
         if getattr(c, name) < 0:
             problems.append(f"{name} must be >= 0")
+    if not (math.isfinite(c.lambda_ce) and c.lambda_ce >= 0):
+        problems.append("lambda_ce must be >= 0")
     if not (math.isfinite(c.weak_line_weight) and c.weak_line_weight > 0):
         problems.append("weak_line_weight must be > 0")
     if not (0.0 <= c.mask_prob <= 1.0) or c.max_gap < 1:
@@ -303,7 +306,10 @@ def _estimator_loss(c: TrainConfig, output: torch.Tensor, z: torch.Tensor, edges
         return torch.nn.functional.cross_entropy(output, z_to_bin(z, edges))
     sigma, lambda_ent = distribution_schedule(c, step)
     target = soft_labels(z, edges, sigma).to(output.dtype)
-    return jsd_entropy(output, target, c.lambda_js, lambda_ent)
+    loss = jsd_entropy(output, target, c.lambda_js, lambda_ent)
+    if c.lambda_ce:
+        loss = loss + c.lambda_ce * torch.nn.functional.cross_entropy(output, z_to_bin(z, edges))
+    return loss
 
 
 @torch.no_grad()
