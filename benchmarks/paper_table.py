@@ -16,8 +16,9 @@ Euclid-like spectra the survey targets (Hα + [NII] above its 2e-16 erg s⁻¹ c
   wide-label start (js-only, λ2 = 0), and an entropy bonus (entropy-bonus, λ2 = -0.05);
 * 4x-steps, 8x-steps: the best of these (resnet1d, distribution, JS alone) trained 4x longer (on white and on
   Euclid-like noise) and 8x longer (white; trained with the outside output, zfast-train's default since);
-* ensemble: the 4x recipe again with seeds 1 and 2, and the three as one ``zfast-train --ensemble`` file
-  (<work>/<ENSEMBLE_ROW>/ensemble.pt: mean P(z), temperatures of its own);
+* ensembles: the 4x JS and the 4x 800-class recipes again with seeds 1 and 2, and each three as one
+  ``zfast-train --ensemble`` file (<work>/<row>/ensemble.pt: mean P(z), temperatures of its own);
+* js-ce: the 4x JS recipe with a cross-entropy term (``--lambda-ce 0.1``);
 * size: resnet1d classification 800 trained on 800, 1600, 4000 SEDs (80 % of 1K, 2K, 5K) and on all;
 * chi2: the information limit, ``zfast.template_fit.template_fit_redshift`` on the very same test spectra.
 Every run is a zfast-train run in ``--work/<name>``; a finished run (its metrics.json exists) is reused, so an
@@ -63,9 +64,11 @@ EUCLID_TARGET = "euclid-target"
 COLUMNS = (*CONDITIONS, EUCLID_TARGET)
 SIZES = (800, 1600, 4000)
 TEST_SEED = 50_000
-ENSEMBLE_OF = "resnet1d/distribution-800/js-only/4x-steps"
+# Deep ensembles: each recipe again with seeds 1 and 2, and the three as one row (an ensemble file).
+ENSEMBLE_OF = ("resnet1d/distribution-800/js-only/4x-steps", "resnet1d/classification-800/4x-steps")
 ENSEMBLE_SEEDS = (0, 1, 2)
-ENSEMBLE_ROW = f"{ENSEMBLE_OF}/ensemble-of-{len(ENSEMBLE_SEEDS)}"
+ENSEMBLES = {f"{recipe}/ensemble-of-{len(ENSEMBLE_SEEDS)}": [recipe] + [f"{recipe}/seed-{s}" for s in ENSEMBLE_SEEDS[1:]]
+             for recipe in ENSEMBLE_OF}  # fmt: skip
 
 
 def runs(args) -> dict:
@@ -106,10 +109,11 @@ def runs(args) -> dict:
     # JS plus a cross-entropy term (λ = 0.1): JS's outlier rates with cross-entropy's per-spectrum widths?
     table["resnet1d/distribution-800/js-ce/4x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"], lambda_ce=0.1,
                                                                  outside_prob=0.0)  # as the js-only 4x run was trained
-    # A deep ensemble: the 4x row again with seeds 1 and 2 (outside output off, as the seed-0 run was trained), scored
-    # together with it as ENSEMBLE_ROW (P(z) averaged): are the noiseless errors of one network its own noise?
+    # Deep ensembles (ENSEMBLES): the 4x JS recipe (outside output off, as its seed-0 run was trained) and the 4x
+    # 800-class recipe again with seeds 1 and 2: are the noiseless errors of one network its own noise?
     for seed in ENSEMBLE_SEEDS[1:]:
-        table[f"{ENSEMBLE_OF}/seed-{seed}"] = dict(table[ENSEMBLE_OF], seed=seed, outside_prob=0.0)
+        table[f"{ENSEMBLE_OF[0]}/seed-{seed}"] = dict(table[ENSEMBLE_OF[0]], seed=seed, outside_prob=0.0)
+        table[f"{ENSEMBLE_OF[1]}/seed-{seed}"] = dict(table[ENSEMBLE_OF[1]], seed=seed)
     table["resnet1d/classification-800/euclid-trained/4x-steps"] = dict(
         table["resnet1d/classification-800/euclid-trained"], steps=4 * base["steps"], eval_every=4 * base["eval_every"])
     # Trained on the survey's target sample only (Hα + [NII] above the line-flux limit), as scored in EUCLID_TARGET.
@@ -220,10 +224,10 @@ def score(c: train.TrainConfig, model, data, edges, calibration) -> dict:
     return redshift_metrics(z.double().cpu(), prediction["z"].cpu(), **extra)
 
 
-def score_ensemble(members: list, work: Path, sets: dict, device, library) -> dict:
-    """ENSEMBLE_ROW: the finished runs ``members`` used as one ``zfast.EnsembleModel`` (mean P(z), its own per-SNR
-    temperatures: an ensemble file, ``zfast-train --ensemble``, in <work>/<ENSEMBLE_ROW>/) on every test set."""
-    path = work / run_folder(ENSEMBLE_ROW) / "ensemble.pt"
+def score_ensemble(name: str, members: list, work: Path, sets: dict, device, library) -> dict:
+    """Row ``name`` of ENSEMBLES: the finished runs ``members`` used as one ``zfast.EnsembleModel`` (mean P(z), its own
+    per-SNR temperatures: an ensemble file, ``zfast-train --ensemble``, in <work>/<name>/) on every test set."""
+    path = work / run_folder(name) / "ensemble.pt"
     if not path.exists():
         train.build_ensemble([work / run_folder(m) / "best.pt" for m in members], path, str(device))
     ensemble = load_model(path, device)
@@ -338,11 +342,11 @@ def main(argv=None) -> int:
             entry[f"{split}/{condition}"] = score(c, model, data, edges, state.get("predict_stats"))
         results["runs"][name] = entry
         _write(results_path, results)
-    members = [ENSEMBLE_OF] + [f"{ENSEMBLE_OF}/seed-{seed}" for seed in ENSEMBLE_SEEDS[1:]]
-    wanted = not args.only or ENSEMBLE_ROW in args.only.split(",")
-    if wanted and all((work / run_folder(m) / "metrics.json").exists() for m in members):
-        results["runs"][ENSEMBLE_ROW] = score_ensemble(members, work, sets, device, library)
-        _write(results_path, results)
+    for name, members in ENSEMBLES.items():
+        wanted = not args.only or name in args.only.split(",")
+        if wanted and all((work / run_folder(m) / "metrics.json").exists() for m in members):
+            results["runs"][name] = score_ensemble(name, members, work, sets, device, library)
+            _write(results_path, results)
     (out / "paper_table.md").write_text(markdown(results))
     size_figure(results, out / "size_study.png")
     print(markdown(results))
