@@ -2,6 +2,9 @@
 
     zfast-predict --checkpoint runs/quick/best.pt --input spectra.fits --output z.csv [--pz]
 
+``--checkpoint`` also takes several checkpoints, or an ensemble file (``zfast-train --ensemble``): their P(z)
+averaged, see ``EnsembleModel``.
+
 What happens to each spectrum, in the order training saw it (``zfast.data``):
 1. wavelengths in Å, observed frame, vacuum (``air=True`` / ``--air`` converts air wavelengths first); flux
    f_λ in any units (``flux_unit="fnu"`` converts f_ν to f_λ ∝ f_ν/λ²): the network reads normalised spectra,
