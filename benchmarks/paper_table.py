@@ -109,6 +109,7 @@ def runs(args) -> dict:
     # JS plus a cross-entropy term (λ = 0.1): JS's outlier rates with cross-entropy's per-spectrum widths?
     table["resnet1d/distribution-800/js-ce/4x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"], lambda_ce=0.1,
                                                                  outside_prob=0.0)  # as the js-only 4x run was trained
+    table["resnet1d/distribution-800/js-ce-0.5/4x-steps"] = dict(table["resnet1d/distribution-800/js-ce/4x-steps"], lambda_ce=0.5)
     # Deep ensembles (ENSEMBLES): the 4x JS recipe (outside output off, as its seed-0 run was trained) and the 4x
     # 800-class recipe again with seeds 1 and 2: are the noiseless errors of one network its own noise?
     for seed in ENSEMBLE_SEEDS[1:]:
