@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     model = zfast.load_model(args.checkpoint, "cpu")
     config = (model.members[0] if isinstance(model, zfast.EnsembleModel) else model).config
-    c = dataclasses.replace(train.TrainConfig(**config), library=args.library, holdout_sfh=args.holdout_sfh)
+    c = dataclasses.replace(train.config_from_state({"config": config}), library=args.library, holdout_sfh=args.holdout_sfh)
     library = train.load_library(args.library)
     sets = paper_table.test_sets(c, library, args.n)
     for condition in ("noiseless", "snr10", "snr3"):

@@ -24,7 +24,6 @@ import paper_table
 
 import zfast
 from zfast import train
-from zfast.bins import redshift_bin_edges
 from zfast.data import Instrument
 from zfast.template_fit import template_fit_redshift
 
@@ -49,8 +48,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     library = train.load_library(args.library)
     models = [zfast.load_model(p, "cpu") for p in args.checkpoints]
-    states = [None if isinstance(m, zfast.EnsembleModel) else train.load_checkpoint(Path(p)) for p, m in zip(args.checkpoints, models)]
-    config = train.TrainConfig(**(models[0].members[0] if states[0] is None else models[0]).config)
+    config = train.config_from_state({"config": (models[0].members[0] if isinstance(models[0], zfast.EnsembleModel) else models[0]).config})
     first = dataclasses.replace(config, library=args.library, holdout_sfh=args.holdout_sfh,
                                 noise="white", min_line_snr=0.0)  # fmt: skip
     sets = {}
@@ -63,18 +61,15 @@ def main(argv=None) -> int:
         eta = _eta(template_fit_redshift(library, instrument, sed, flux, ivar, (first.z_min, first.z_max)), z)
         print(f"{'χ² with the true template':48s} {split:8s} {condition:6s} η {100 * eta:.2f} ± {100 * _error(eta, args.n):.2f} %",
               flush=True)  # fmt: skip
-    for path, state, loaded in zip(args.checkpoints, states, models):
-        if state is not None:
-            c = train.config_from_state(state)
-            model = paper_table.load_network(c, state)
-            edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins)
-        name = Path(path).parent.name if state is not None else f"{Path(path).parent.name} (ensemble of {len(loaded.members)})"
+    for path, model in zip(args.checkpoints, models):
+        ensemble = isinstance(model, zfast.EnsembleModel)
+        name = f"{Path(path).parent.name} (ensemble of {len(model.members)})" if ensemble else Path(path).parent.name
         for (split, condition), data in sets.items():
             with torch.no_grad():
-                if state is None:
-                    m = paper_table.ensemble_metrics(loaded, data)
+                if ensemble:
+                    m = paper_table.ensemble_metrics(model, data)
                 else:
-                    m = paper_table.score(c, model, data, edges, state.get("predict_stats"))
+                    m = paper_table.score(train.config_from_state({"config": model.config}), model.network, data, model.bin_edges, model.stats)
             eta = m["outlier_01"]
             print(f"{name:48s} {split:8s} {condition:6s} η {100 * eta:.2f} ± {100 * _error(eta, args.n):.2f} %  "
                   f"σ_NMAD {m['sigma_nmad']:.2e}  68 % coverage {m.get('coverage68', math.nan):.3f}", flush=True)  # fmt: skip

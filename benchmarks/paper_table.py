@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 
 from zfast import train
-from zfast.bins import pz_summary, redshift_bin_edges, refined_mode
+from zfast.bins import PzSummary, redshift_bin_edges
 from zfast.calibration import CALIBRATION_VERSION, SNR_EDGES, spectrum_snr
 from zfast.data import Instrument, NoiseModel
 from zfast.data.instrument import EUCLID_LINE_SNR_AT_LIMIT
-from zfast.inference import ensemble_outputs, load_model
+from zfast.inference import ensemble_summary, load_model
 from zfast.metrics import redshift_metrics
 from zfast.models import build_model
 from zfast.template_fit import template_fit_redshift
@@ -243,12 +243,9 @@ def score_ensemble(name: str, members: list, work: Path, sets: dict, device, lib
 def ensemble_metrics(ensemble, data) -> dict:
     """``score`` for a ``zfast.EnsembleModel``: z the refined mode of the mean softmax, intervals from its P(z)."""
     flux, ivar, z, _ = data
-    edges = ensemble.bin_edges.to(ensemble.device)
-    parts = [ensemble_outputs(ensemble, flux[i:i + 1024], spectrum_snr(ivar[i:i + 1024])) for i in range(0, flux.shape[0], 1024)]
-    plain, calibrated = (torch.cat([p[key] for p in parts]) for key in ("plain", "calibrated"))
-    s = pz_summary(calibrated, edges)
-    return redshift_metrics(z.double().cpu(), refined_mode(plain, edges).cpu(), lo68=s.lo68.cpu(), hi68=s.hi68.cpu(),
-                            lo95=s.lo95.cpu(), hi95=s.hi95.cpu())  # fmt: skip
+    parts = [ensemble_summary(ensemble, flux[i:i + 1024], spectrum_snr(ivar[i:i + 1024]))[1] for i in range(0, flux.shape[0], 1024)]
+    s = PzSummary(*(torch.cat(field).cpu() for field in zip(*parts)))
+    return redshift_metrics(z.double().cpu(), s.z_mode, lo68=s.lo68, hi68=s.hi68, lo95=s.lo95, hi95=s.hi95)
 
 
 def main(argv=None) -> int:

@@ -101,10 +101,10 @@ def calibrated_summary(logits: torch.Tensor, snr: Optional[torch.Tensor], calibr
     return probs, summary._replace(z_mode=refined_mode(plain, edges))
 
 
-def calibrated_probs(logits: torch.Tensor, snr: torch.Tensor, calibration: dict) -> torch.Tensor:
-    """softmax(logits / T(snr)), float64 [B, K]; plain softmax without a calibration."""
+def calibrated_probs(logits: torch.Tensor, snr: Optional[torch.Tensor], calibration: Optional[dict]) -> torch.Tensor:
+    """softmax(logits / T(snr)), float64 [B, K]; plain softmax without ``snr`` or a calibration."""
     logits = logits.double()
-    if not calibration or "temperatures" not in calibration:
+    if snr is None or not calibration or "temperatures" not in calibration:
         return torch.softmax(logits, dim=1)
     edges = calibration["snr_edges"].to(logits.device, torch.float64)
     temperatures = calibration["temperatures"].to(logits.device, torch.float64)

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bins import pz_summary, redshift_bin_edges, refined_mode, target_to_z
+from .bins import PzSummary, pz_summary, redshift_bin_edges, refined_mode, target_to_z
 from .calibration import calibrated_probs, calibrated_summary, spectrum_snr
 from .data.instrument import Instrument, normalise
 from .models import build_model, split_outside
@@ -436,7 +436,6 @@ def ensemble_outputs(model: EnsembleModel, flux: torch.Tensor, snr: Optional[tor
     """The members' averages for normalised spectra [B, M]: ``plain`` (mean softmax) and ``calibrated`` (mean
     calibrated P(z)) [B, K] float64, ``p_outside``, ``ood_score`` [B] and ``flag_ood`` (see ``EnsembleModel``)."""
     plain, calibrated, outside, scores, flags = 0.0, 0.0, [], [], []
-    edges = model.bin_edges.to(model.device)
     for member in model.members:
         member.network.eval()
         has_ood = "ood_means" in member.stats or "ood_mean" in member.stats
@@ -445,7 +444,7 @@ def ensemble_outputs(model: EnsembleModel, flux: torch.Tensor, snr: Optional[tor
         logits, out = split_outside(output, member.outside)
         plain = plain + torch.softmax(logits.double(), dim=1)
         if "temperatures" not in model.stats:
-            calibrated = calibrated + calibrated_summary(logits, snr, member.stats, edges)[0]
+            calibrated = calibrated + calibrated_probs(logits, snr, member.stats)
         outside.append(torch.sigmoid(out.double()) if out is not None else torch.full_like(logits[:, 0], math.nan, dtype=torch.float64))
         if has_ood:
             scores.append(ood_scores(features, member.stats))
@@ -453,7 +452,7 @@ def ensemble_outputs(model: EnsembleModel, flux: torch.Tensor, snr: Optional[tor
     n = len(model.members)
     plain = plain / n
     if "temperatures" in model.stats:
-        calibrated = calibrated_probs(torch.log(plain.clamp_min(1e-300)), snr, model.stats) if snr is not None else plain
+        calibrated = calibrated_probs(torch.log(plain.clamp_min(1e-300)), snr, model.stats)
     else:
         calibrated = calibrated / n
     result = dict(plain=plain, calibrated=calibrated, p_outside=torch.stack(outside).nanmean(dim=0))
@@ -466,13 +465,19 @@ def ensemble_outputs(model: EnsembleModel, flux: torch.Tensor, snr: Optional[tor
     return result
 
 
+def ensemble_summary(model: EnsembleModel, flux: torch.Tensor, snr: Optional[torch.Tensor]) -> tuple[dict, PzSummary]:
+    """(``ensemble_outputs``, the ``pz_summary`` of its calibrated P(z) with z_mode that of the mean plain softmax:
+    as ``calibrated_summary``, a temperature never moves the point estimate)."""
+    out = ensemble_outputs(model, flux, snr)
+    edges = model.bin_edges.to(model.device)
+    return out, pz_summary(out["calibrated"], edges)._replace(z_mode=refined_mode(out["plain"], edges))
+
+
 @torch.no_grad()
 def _predict_ensemble(model: EnsembleModel, flux: torch.Tensor, pz: bool, snr: Optional[torch.Tensor]) -> dict:
     """``predict_normalised`` for an ensemble: the members' P(z) averaged (see ``EnsembleModel``)."""
-    out = ensemble_outputs(model, flux, snr)
-    edges = model.bin_edges.to(model.device)
-    s = pz_summary(out["calibrated"], edges)
-    z = refined_mode(out["plain"], edges)
+    out, s = ensemble_summary(model, flux, snr)
+    z = s.z_mode
     result = dict(z=z, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68, ood_score=out["ood_score"], flag_ood=out["flag_ood"],
                   p_outside=out["p_outside"])  # fmt: skip
     if pz:
