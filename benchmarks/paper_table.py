@@ -110,6 +110,13 @@ def runs(args) -> dict:
     table["resnet1d/distribution-800/js-ce/4x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"], lambda_ce=0.1,
                                                                  outside_prob=0.0)  # as the js-only 4x run was trained
     table["resnet1d/distribution-800/js-ce-0.5/4x-steps"] = dict(table["resnet1d/distribution-800/js-ce/4x-steps"], lambda_ce=0.5)
+    # The same network on a log-λ resampling of its input (a redshift becomes a shift): does equivariance of the
+    # convolutions cut the noisy outliers at equal steps?
+    table["resnet1d-log/distribution-800/js-only/4x-steps"] = dict(table["resnet1d/distribution-800/js-only/4x-steps"],
+                                                                   model="resnet1d-log", outside_prob=0.0)  # fmt: skip
+    # ... plus rest-frame templates slid over its features (ShiftResNet1D: a redshift-equivariant score per z).
+    table["resnet1d-shift/distribution-800/js-only/4x-steps"] = dict(table["resnet1d-log/distribution-800/js-only/4x-steps"],
+                                                                     model="resnet1d-shift")  # fmt: skip
     # Deep ensembles (ENSEMBLES): the 4x JS recipe (outside output off, as its seed-0 run was trained) and the 4x
     # 800-class recipe again with seeds 1 and 2: are the noiseless errors of one network its own noise?
     for seed in ENSEMBLE_SEEDS[1:]:
@@ -210,7 +217,9 @@ def test_sets(c: train.TrainConfig, library, n: int) -> dict:
 
 def load_network(c: train.TrainConfig, state: dict, device="cpu") -> torch.nn.Module:
     """The network of a run's checkpoint ``state`` (config ``c``), with its weights, on ``device``."""
-    model = build_model(c.model, Instrument.preset(c.instrument).n_pixels, c.estimator, c.n_bins, c.outside_prob > 0)
+    instrument = Instrument.preset(c.instrument)
+    model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins, c.outside_prob > 0, wave_edges=instrument.wave_edges,
+                        z_range=(c.z_min, c.z_max))
     model.load_state_dict(state["model"])
     return model.to(device)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -64,3 +66,94 @@ def test_heads_per_estimator():
         build_model("transformer", 512, "regression", 8)
     with pytest.raises(ValueError, match="too short"):
         PaperCNN(4, 8)
+
+
+def test_log_grid_resnet_resamples_onto_log_lambda_conserving_flux():
+    from zfast.data.instrument import Instrument
+    from zfast.models import LogGridResNet1D
+
+    instrument = Instrument.preset("euclid-nisp-red")
+    edges = instrument.wave_edges
+    model = build_model("resnet1d-log", 512, "distribution", 800, wave_edges=edges)
+    assert isinstance(model, LogGridResNet1D)
+    resample = model.resample.double()
+    n_log = resample.shape[1]
+    # Enough log pixels to keep the reddest (finest in ln λ) instrument pixel: ln(18920/12060) / ln(18920/18906.6).
+    span = math.log(edges[-1].item() / edges[0].item())
+    assert span / n_log <= math.log(edges[-1].item() / edges[-2].item()) * (1 + 1e-9)
+    assert span / n_log > 0.95 * math.log(edges[-1].item() / edges[-2].item())
+    log_edges = edges[0] * torch.exp(torch.arange(n_log + 1, dtype=torch.float64) * span / n_log)
+    # Flux conserved: ∫ f dλ over the log pixels = over the instrument pixels, for random spectra.
+    flux = torch.rand(5, 512, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    total_in = (flux * (edges[1:] - edges[:-1])).sum(dim=1)
+    total_out = ((flux @ resample) * (log_edges[1:] - log_edges[:-1])).sum(dim=1)
+    torch.testing.assert_close(total_out, total_in, rtol=1e-6, atol=0)
+    # A constant stays that constant everywhere; one instrument pixel's flux lands only on the log pixels that
+    # overlap it, in proportion to the overlap.
+    torch.testing.assert_close(torch.full((1, 512), 2.5, dtype=torch.float64) @ resample,
+                               torch.full((1, n_log), 2.5, dtype=torch.float64), rtol=1e-6, atol=0)  # fmt: skip
+    for i in (0, 137, 511):
+        lo, hi = edges[i], edges[i + 1]
+        overlap = (torch.minimum(log_edges[1:], hi) - torch.maximum(log_edges[:-1], lo)).clamp_min(0)
+        torch.testing.assert_close(resample[i], overlap / (log_edges[1:] - log_edges[:-1]), rtol=1e-5, atol=1e-7)
+    # Forward on [B, M] and [B, 1, M]; the buffer is not in the state dict (checkpoints hold weights only).
+    model.eval()
+    x = torch.randn(2, 512)
+    assert model(x).shape == (2, 800)
+    torch.testing.assert_close(model(x[:, None, :]), model(x))
+    assert "resample" not in model.state_dict()
+    with pytest.raises(ValueError, match="wave_edges"):
+        build_model("resnet1d-log", 512, "distribution", 800)
+    with pytest.raises(ValueError, match="513 increasing"):
+        build_model("resnet1d-log", 512, "distribution", 800, wave_edges=edges.flip(0))
+
+
+def test_shift_resnet_branch_is_redshift_equivariant_and_starts_at_zero():
+    from zfast.bins import redshift_bin_edges
+    from zfast.data.instrument import Instrument
+    from zfast.models import ShiftResNet1D
+
+    edges = Instrument.preset("euclid-nisp-red").wave_edges
+    model = build_model("resnet1d-shift", 512, "distribution", 800, outside=True, wave_edges=edges, z_range=(1.0, 1.8))
+    assert isinstance(model, ShiftResNet1D)
+    model.eval()
+    x = torch.randn(3, 512)
+    out = model(x)
+    assert out.shape == (3, 801)
+    # Zero templates at the start: exactly the log-grid network's outputs.
+    plain = model.head(model.features(((x @ model.resample)[:, None, :])))
+    torch.testing.assert_close(out, plain)
+    # The interpolation onto the bins: each bin a convex pair of neighbouring fine-grid points at its ln(1 + z).
+    interp = model.interp.double()
+    torch.testing.assert_close(interp.sum(dim=0), torch.ones(800, dtype=torch.float64))
+    assert int((interp > 0).sum(dim=0).max()) <= 2
+    n_log = model.resample.shape[1]
+    step = math.log(edges[-1].item() / edges[0].item()) / n_log
+    fine = torch.arange(interp.shape[0], dtype=torch.float64) * 8 * step / model.n_sub
+    centres = torch.log1p(0.5 * (redshift_bin_edges(1.0, 1.8, 800)[1:] + redshift_bin_edges(1.0, 1.8, 800)[:-1]))
+    # the fine grid's positions, interpolated, recover each bin's ln(1 + z) (up to the grid's common offset)
+    recovered = fine @ interp
+    torch.testing.assert_close(recovered - recovered[0], centres - centres[0], rtol=0, atol=1e-7)  # float32 weights
+    # Equivariance: a spectrum moved redward by one coarse step (8 log pixels) moves every template score by one
+    # trial shift, exactly (a localised random spectrum, so nothing crosses the ends; random templates).
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.templates.normal_(generator=generator)
+        model.project.bias.zero_()
+    spectrum = torch.zeros(1, n_log)
+    spectrum[0, 150:330] = torch.randn(180, generator=generator)
+
+    def scores(log_flux):
+        mid = model.features[: model.tap](log_flux[:, None, :])
+        padded = nn.functional.pad(model.project(mid), (model.n_shifts - 1, model.n_shifts - 1))
+        return nn.functional.conv1d(padded, model.templates)
+
+    with torch.no_grad():
+        a, b = scores(spectrum), scores(torch.roll(spectrum, 8, dims=1))
+    assert a.abs().max() > 0.01
+    torch.testing.assert_close(b[:, :, 1:], a[:, :, :-1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(b, a, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="binned estimator"):
+        build_model("resnet1d-shift", 512, "regression", 800, wave_edges=edges, z_range=(1.0, 1.8))
+    with pytest.raises(ValueError, match="binned estimator"):
+        build_model("resnet1d-shift", 512, "classification", 800, wave_edges=edges)

@@ -229,7 +229,8 @@ def _model_from_state(state, path: str, device) -> RedshiftModel:
         raise ValueError(f"{path}: not a zfast-train checkpoint (no config/model)")
     c = state["config"]
     instrument = Instrument.preset(c["instrument"])
-    network = build_model(c["model"], instrument.n_pixels, c["estimator"], c["n_bins"], _has_outside(c))
+    network = build_model(c["model"], instrument.n_pixels, c["estimator"], c["n_bins"], _has_outside(c),
+                          wave_edges=instrument.wave_edges, z_range=(c["z_min"], c["z_max"]))
     try:
         network.load_state_dict(state["model"])
     except RuntimeError as error:

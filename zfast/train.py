@@ -73,7 +73,7 @@ class TrainConfig:
     split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split by SED"})
     train_seds: int = field(default=0, metadata={"help": "train on only this many of the training SEDs, a seeded random subset (0: all)"})
     holdout_sfh: str = field(default="", metadata={"help": "keep every SED of this star-formation-history recipe (library params sfh_type) out of training, as a 'holdout' test set"})
-    model: str = field(default="resnet1d", metadata={"help": "network: resnet1d, resnet1d-wide (2x the channels, ~3x the compute), paper-cnn"})
+    model: str = field(default="resnet1d", metadata={"help": "network: resnet1d, resnet1d-wide (2x the channels, ~3x the compute), resnet1d-log (resnet1d on a log-λ resampling of the input), resnet1d-shift (resnet1d-log plus rest-frame templates slid over z), paper-cnn"})
     estimator: str = field(default="classification", metadata={"help": "regression, classification, distribution"})
     n_bins: int = field(default=800, metadata={"help": "redshift bins of the binned estimators"})
     label_sigma_bins: float = field(default=1.5, metadata={"help": "distribution: soft-label σ, in bins"})
@@ -446,7 +446,8 @@ def _run(c: TrainConfig, resume_state: Optional[dict], device: torch.device, ran
     val = augmented(c, library, instrument, "val").fixed_set(c.n_val, seed=10_000 + c.split_seed)
     edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
 
-    model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins, outside=c.outside_prob > 0).to(device)
+    model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins, outside=c.outside_prob > 0,
+                        wave_edges=instrument.wave_edges, z_range=(c.z_min, c.z_max)).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=c.lr, total_steps=c.steps, pct_start=0.1)
     step, best = 0, math.inf
@@ -695,7 +696,8 @@ def plots_on_demand(run_dir: Path) -> dict:
     device = pick_device(c.device)
     library = load_library(c.library).to(device)
     instrument = make_instrument(c)
-    model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins, outside=c.outside_prob > 0).to(device)
+    model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins, outside=c.outside_prob > 0,
+                        wave_edges=instrument.wave_edges, z_range=(c.z_min, c.z_max)).to(device)
     edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
     return finish(c, run_dir, model, instrument, library, edges)
 
