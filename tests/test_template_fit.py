@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import zfast
@@ -36,3 +37,54 @@ def test_masked_pixels_are_ignored_and_noise_spreads_the_fit():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     error = ((a - z) / (1 + z)).abs()
     assert error.median() < 1e-3 and error.median() > 0  # noise: close but no longer exact
+
+
+def _reference_grid(library, instrument, seds, flux, ivar, grid):
+    """min over SEDs of χ² - Σwf² at each z, float64, one (SED, z) at a time."""
+    weight = torch.where(torch.isinf(ivar), 1.0, ivar).double()
+    out = torch.empty(flux.shape[0], grid.numel(), dtype=torch.float64)
+    for k, zk in enumerate(grid.tolist()):
+        t = instrument.convolve_lsf(library.redshift_resample(seds, torch.full((seds.numel(),), zk), instrument.wave_edges)).double()
+        cross = (weight * flux.double()) @ t.T
+        power = weight @ t.square().T
+        out[:, k] = (-cross.square() / power).min(dim=1).values
+    return out
+
+
+def test_library_fit_finds_redshift_and_sed_without_being_told_the_template():
+    from zfast.template_fit import library_fit_redshift
+
+    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("none"), n=12, seed=4)
+    candidates = torch.unique(torch.cat([sed, torch.randperm(len(library), generator=torch.Generator().manual_seed(1))[:30]]))
+    fit = library_fit_redshift(library, instrument, flux, ivar, candidates, step=4e-3)
+    # Noiseless spectra with their SED among the candidates: that SED and its z, to the fine grid (step 1e-5).
+    assert torch.equal(fit["sed"], sed)
+    assert (fit["z"] - z.double()).abs().max() < 2e-5
+    # The coarse χ² grid is the float64 brute force over (SED, z), to float32 precision.
+    reference = _reference_grid(library, instrument, candidates, flux, ivar, fit["z_grid"])
+    torch.testing.assert_close(fit["chi2_grid"].double(), reference, rtol=2e-5, atol=1e-3)
+    # With the true SED alone it is the information-limit fit (template_fit_redshift) up to its finer final grid.
+    one = library_fit_redshift(library, instrument, flux[:1], ivar[:1], sed[:1], step=4e-3)
+    assert abs(one["z"].item() - template_fit_redshift(library, instrument, sed[:1], flux[:1], ivar[:1]).item()) < 2e-5
+    # Without its SED a spectrum is fitted by another candidate; noise and masks as template_fit_redshift treats them.
+    others = candidates[~torch.isin(candidates, sed[:1])]
+    away = library_fit_redshift(library, instrument, flux[:1], ivar[:1], others, step=4e-3)
+    assert away["sed"].item() != sed[0].item() and away["chi2"].item() > one["chi2"].item()
+
+
+def test_library_fit_checks_its_inputs_and_ignores_masked_pixels():
+    from zfast.template_fit import library_fit_redshift
+
+    library, instrument, flux, ivar, _, _ = _spectra(zfast.NoiseModel("white", snr=(30.0, 30.0)), n=6, seed=2)
+    seds = torch.arange(0, len(library), 3)
+    junk, masked = flux.clone(), ivar.clone()
+    junk[:, 100:140], masked[:, 100:140] = 1e6, 0
+    a = library_fit_redshift(library, instrument, junk, masked, seds, step=5e-3)
+    b = library_fit_redshift(library, instrument, flux, masked, seds, step=5e-3)
+    torch.testing.assert_close(a["z"], b["z"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="flux and ivar must be"):
+        library_fit_redshift(library, instrument, flux[:, :-1], ivar[:, :-1], seds)
+    with pytest.raises(ValueError, match="no SEDs"):
+        library_fit_redshift(library, instrument, flux, ivar, seds[:0])
+    with pytest.raises(ValueError, match="z_range"):
+        library_fit_redshift(library, instrument, flux, ivar, seds, z_range=(1.5, 1.2))
