@@ -82,6 +82,11 @@ def test_library_fit_checks_its_inputs_and_ignores_masked_pixels():
     a = library_fit_redshift(library, instrument, junk, masked, seds, step=5e-3)
     b = library_fit_redshift(library, instrument, flux, masked, seds, step=5e-3)
     torch.testing.assert_close(a["z"], b["z"], rtol=0, atol=0)
+    # Physical units (f_λ ~ 3e-17, ivar ~ 1e33) give the same fit: the float32 stage works on scaled copies.
+    physical = library_fit_redshift(library, instrument, 3e-17 * flux, masked / 9e-34, seds, step=5e-3)
+    torch.testing.assert_close(physical["z"], b["z"], rtol=0, atol=1e-9)
+    assert torch.equal(physical["sed"], b["sed"])
+    torch.testing.assert_close(physical["chi2"], b["chi2"], rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="flux and ivar must be"):
         library_fit_redshift(library, instrument, flux[:, :-1], ivar[:, :-1], seds)
     with pytest.raises(ValueError, match="no SEDs"):

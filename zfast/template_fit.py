@@ -96,8 +96,8 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     (measured: 1 of 12 spectra with the true SED among 42 at step 4e-3, with a single pair refined).
 
     Returns a dict of CPU tensors: "z" [B] float64, "sed" [B] (the best SED, an index into the library),
-    "chi2" [B] (its χ² minus Σ w f², float64), "z_grid" [K] and "chi2_grid" [B, K] (float32: the best SED's χ²
-    minus Σ w f² at each coarse z, for a P(z) ∝ exp(-χ²/2) or a second look).
+    "chi2" [B] (its χ² minus Σ w f², float64), "z_grid" [K] and "chi2_grid" [B, K] (float32 maths, any flux units:
+    the best SED's χ² minus Σ w f² at each coarse z, for a P(z) ∝ exp(-χ²/2) or a second look).
     """
     flux, ivar = flux.double(), ivar.double()
     if flux.dim() != 2 or ivar.shape != flux.shape or flux.shape[1] != instrument.n_pixels:
@@ -118,7 +118,12 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     top = min(3, seds.numel())
     chi2_top = torch.empty(b, n_coarse, top, dtype=torch.float32, device=device)
     sed_top = torch.empty(b, n_coarse, top, dtype=torch.int64, device=device)
-    wf32, w32 = (weight * flux).float(), weight.float()
+    # The coarse stage runs in float32: scale each spectrum's weights and flux to ~1 first (its argmin over z and
+    # SED does not change; unscaled, ivar of f_λ in erg s⁻¹ cm⁻² Å⁻¹ ~ 1e34 and χ² terms ~ 1e-61 under/overflow).
+    w_scale = torch.where(weight > 0, weight, math.nan).nanmedian(dim=1, keepdim=True).values.nan_to_num(1.0)
+    f_scale = torch.where(weight > 0, flux.abs(), math.nan).nanmedian(dim=1, keepdim=True).values.nan_to_num(1.0)
+    f_scale = torch.where(f_scale > 0, f_scale, 1.0)
+    wf32, w32 = (weight / w_scale * flux / f_scale).float(), (weight / w_scale).float()
     for k, zk in enumerate(grid.tolist()):
         templates = instrument.convolve_lsf(library.redshift_resample(seds, torch.full((seds.numel(),), zk, device=device), edges))
         squares = templates.square()
@@ -145,7 +150,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     best = value.reshape(b, n_pairs).argmin(dim=1, keepdim=True)
     take = lambda t: t.reshape(b, n_pairs).gather(1, best)[:, 0].cpu()
     return {"z": take(z0), "sed": take(sed), "chi2": take(value), "z_grid": grid,
-            "chi2_grid": chi2_top[:, :, 0].cpu()}  # fmt: skip
+            "chi2_grid": (chi2_top[:, :, 0] * (w_scale * f_scale.square())).cpu()}  # fmt: skip
 
 
 def _row_chunks(n: int, size: int) -> list:
