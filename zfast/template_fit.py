@@ -18,8 +18,9 @@ template-fitting redshift (as redrock or a photo-z code does with its templates)
 
     z = argmin_z min_s χ²_s(z)   (free amplitude per SED; coarse grid, then refined with the best SED).
 
-It is a peer to the networks, not a limit: measured on the table's 2048 white-noise SNR-10 test spectra it fails
-η(>0.01) 0.73 % against the best network's 1.1-1.3 %.
+It is a peer to the networks, not a limit. Measured on the table's spectra (benchmarks/paper_table.py, 7,202
+training SEDs as templates, 2048 spectra per condition): noiseless MAE 4.8e-5 with η = 0, white-noise SNR 10
+η(>0.01) 0.73 % (held-out recipe 1.17 %) against the best networks' 1.1-1.3 % (1.9-2.3 %); ~14 spectra/s on 2 CPU cores.
 """
 
 from __future__ import annotations
