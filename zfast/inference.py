@@ -553,9 +553,18 @@ TEMPLATE_COLUMNS = ("z_template", "template_sed", "template_rchi2")
 
 
 def load_templates(templates, model):
-    """(SEDLibrary, SED indices or None) for ``predict``'s ``templates``, or None. Names: "default" (the built-in
-    library), "training" (the training SEDs of the checkpoint's own library file and split, as zfast-train drew
-    them; an ensemble's first member's), or the path of a library file (``zfast-sed build``)."""
+    """(SEDLibrary, SED indices or None) on the model's device, for ``predict``'s ``templates``; None for None.
+    Names: "default" (the built-in library), "training" (the training SEDs of the checkpoint's own library file
+    and split, as zfast-train drew them; an ensemble's first member's), or the path of a library file
+    (``zfast-sed build``)."""
+    library, seds = _templates(templates, model) or (None, None)
+    if library is None:
+        return None
+    return library.to(model.device), None if seds is None else torch.as_tensor(seds).to(model.device)
+
+
+def _templates(templates, model):
+    """``load_templates`` before the move to the model's device."""
     from .data.sed_library import SEDLibrary
 
     if templates is None:
@@ -585,9 +594,7 @@ def _template_columns(model, normalised: torch.Tensor, ivar: torch.Tensor, templ
     from .template_fit import library_fit_redshift
 
     library, seds = templates
-    library = library.to(model.device)
-    fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device),
-                               None if seds is None else seds.to(model.device), model.z_range)  # fmt: skip
+    fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, model.z_range)
     weight = torch.where(torch.isinf(ivar), 1.0, ivar).cpu()
     flux = normalised.double().cpu()
     good = (weight > 0) & torch.isfinite(flux)

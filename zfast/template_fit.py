@@ -58,9 +58,7 @@ def template_fit_redshift(library: SEDLibrary, instrument: Instrument, sed_index
     n_coarse = int(round((z_hi - z_lo) / step))
     coarse = z_lo + step * torch.arange(n_coarse, dtype=torch.float64, device=flux.device)
     offsets = torch.arange(-20, 21, dtype=torch.float64, device=flux.device) / 20
-    weight = torch.where(torch.isinf(ivar), 1.0, ivar)
-    weight = torch.where(torch.isfinite(flux) & (weight > 0), weight, 0.0)
-    flux = torch.where(weight > 0, flux, 0.0)
+    weight, flux = _weights(flux, ivar)
     best = torch.empty(flux.shape[0], dtype=torch.float64, device=flux.device)
     for start in range(0, flux.shape[0], chunk):
         rows = slice(start, start + chunk)
