@@ -431,5 +431,12 @@ def test_template_columns_fit_every_spectrum_with_a_library(trained, model, test
         inference.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.npz"), "--output",
                         str(tmp_path / "bad.csv"), "--templates", str(tmp_path / "missing.h5"), "--device", "cpu"])  # fmt: skip
     assert not (tmp_path / "bad.csv").exists()
+    # A spectrum with no valid pixel gets NaN template columns (and its flag), not an arbitrary grid point.
+    dead = ivar[:3].clone()
+    dead[1] = 0
+    masked = zfast.predict(model, instrument.wavelength, flux[:3], dead, templates=(library, torch.unique(raw_sed)))
+    assert masked["flag_few_pixels"].tolist() == [False, True, False]
+    assert masked["z_template"][1].isnan() and masked["template_rchi2"][1].isnan()
+    assert not masked["z_template"][[0, 2]].isnan().any()
     with pytest.raises(TypeError, match="templates must be"):
         zfast.predict(model, instrument.wavelength, flux[:2], ivar[:2], templates=42)

@@ -601,7 +601,10 @@ def _template_columns(model, normalised: torch.Tensor, ivar: torch.Tensor, templ
     total = torch.where(good, weight * flux.square(), 0.0).sum(dim=1)
     n_valid = good.sum(dim=1)
     rchi2 = (fit["chi2"] + total) / (n_valid - 1).clamp_min(1)
-    return {"z_template": fit["z"], "template_sed": fit["sed"].double(), "template_rchi2": rchi2}
+    empty = n_valid < 2  # nothing to fit: NaN rather than an arbitrary grid point
+    nan = torch.full_like(rchi2, math.nan)
+    return {"z_template": torch.where(empty, nan, fit["z"]), "template_sed": torch.where(empty, nan, fit["sed"].double()),
+            "template_rchi2": torch.where(empty, nan, rchi2)}  # fmt: skip
 
 
 def _predict_chunk(model, wavelength, flux, ivar, air, flux_unit, pz, min_valid, templates=None) -> dict:
