@@ -252,6 +252,20 @@ def score_ensemble(name: str, members: list, work: Path, sets: dict, device, lib
     return entry
 
 
+def _score_peer(results: dict, results_path: Path, key: str, sets: dict, first, fit) -> None:
+    """results[key]["split/condition"]: metrics of ``fit(instrument, flux, ivar, sed) -> z`` on each test set not
+    scored yet (saved after each, so an interrupted table resumes)."""
+    entry = results.setdefault(key, {})
+    started = time.perf_counter()
+    for (split, condition), (flux, ivar, z, sed) in sets.items():
+        if f"{split}/{condition}" in entry:
+            continue
+        instrument = Instrument.preset(first.instrument, CONDITIONS[condition if condition != EUCLID_TARGET else "euclid"])
+        entry[f"{split}/{condition}"] = redshift_metrics(z.double().cpu(), fit(instrument, flux, ivar, sed).cpu())
+        print(f"[{key}] {split}/{condition}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        _write(results_path, results)
+
+
 def ensemble_metrics(ensemble, data) -> dict:
     """``score`` for a ``zfast.EnsembleModel``: z the refined mode of the mean softmax, intervals from its P(z)."""
     flux, ivar, z, _ = data
@@ -318,33 +332,15 @@ def main(argv=None) -> int:
 
     results["protocol"]["euclid_target_fraction"] = {
         split: sets[split, EUCLID_TARGET][2].numel() / sets[split, "euclid"][2].numel() for split, c in sets if c == "euclid"}
-    chi2 = results.setdefault("chi2", {})
-    if any(f"{split}/{condition}" not in chi2 for split, condition in sets):
-        started = time.perf_counter()
-        for (split, condition), data in sets.items():
-            if f"{split}/{condition}" in chi2:
-                continue
-            flux, ivar, z, sed = data
-            instrument = Instrument.preset(first.instrument, CONDITIONS[condition if condition != EUCLID_TARGET else "euclid"])
-            z_fit = template_fit_redshift(library, instrument, sed, flux, ivar, (first.z_min, first.z_max))
-            chi2[f"{split}/{condition}"] = redshift_metrics(z.double().cpu(), z_fit.cpu())
-        print(f"[chi2] {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        _write(results_path, results)
-    library_fit = results.setdefault("library_fit", {})
-    if any(f"{split}/{condition}" not in library_fit for split, condition in sets):
-        # The classical peer: every test spectrum against every *training* SED (of the first run's split) at
-        # every z, free amplitude (zfast.template_fit.library_fit_redshift): no network, no test SED among them.
-        started = time.perf_counter()
-        train_seds = train.run_splits(first, library)["train"]
-        for (split, condition), data in sets.items():
-            if f"{split}/{condition}" in library_fit:
-                continue
-            flux, ivar, z, _ = data
-            instrument = Instrument.preset(first.instrument, CONDITIONS[condition if condition != EUCLID_TARGET else "euclid"])
-            fit = library_fit_redshift(library, instrument, flux, ivar, train_seds, (first.z_min, first.z_max))
-            library_fit[f"{split}/{condition}"] = redshift_metrics(z.double().cpu(), fit["z"])
-            print(f"[library fit] {split}/{condition}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            _write(results_path, results)
+    z_range = (first.z_min, first.z_max)
+    # The information limit: each test spectrum fitted with its own SED.
+    _score_peer(results, results_path, "chi2", sets, first,
+                lambda instrument, flux, ivar, sed: template_fit_redshift(library, instrument, sed, flux, ivar, z_range))
+    # The classical peer: every test spectrum against every *training* SED (of the first run's split) at every z,
+    # free amplitude (zfast.template_fit.library_fit_redshift): no network, no test SED among them.
+    train_seds = train.run_splits(first, library)["train"]
+    _score_peer(results, results_path, "library_fit", sets, first,
+                lambda instrument, flux, ivar, sed: library_fit_redshift(library, instrument, flux, ivar, train_seds, z_range)["z"])
 
     for name, overrides in plan.items():
         run_dir = train_once(name, overrides, work)

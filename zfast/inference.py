@@ -591,15 +591,13 @@ def _templates(templates, model):
 
 
 def _template_columns(model, normalised: torch.Tensor, ivar: torch.Tensor, templates) -> dict:
-    from .template_fit import library_fit_redshift
+    from .template_fit import _weights, library_fit_redshift
 
     library, seds = templates
     fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, model.z_range)
-    weight = torch.where(torch.isinf(ivar), 1.0, ivar).cpu()
-    flux = normalised.double().cpu()
-    good = (weight > 0) & torch.isfinite(flux)
-    total = torch.where(good, weight * flux.square(), 0.0).sum(dim=1)
-    n_valid = good.sum(dim=1)
+    weight, flux = _weights(normalised.double().cpu(), ivar.cpu())
+    total = (weight * flux.square()).sum(dim=1)
+    n_valid = (weight > 0).sum(dim=1)
     rchi2 = (fit["chi2"] + total) / (n_valid - 1).clamp_min(1)
     empty = n_valid < 2  # nothing to fit: NaN rather than an arbitrary grid point
     nan = torch.full_like(rchi2, math.nan)
