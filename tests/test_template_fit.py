@@ -105,7 +105,6 @@ def test_library_fit_on_cuda_matches_the_cpu():
     seds = torch.arange(0, len(library), 7)
     cpu = library_fit_redshift(library, instrument, flux, ivar, seds, step=4e-3)
     gpu = library_fit_redshift(library.to("cuda"), instrument, flux.cuda(), ivar.cuda(), seds.cuda(), step=4e-3)
-    assert gpu["z"].device.type == "cuda"
     torch.testing.assert_close(gpu["chi2_grid"].cpu(), cpu["chi2_grid"], rtol=1e-4, atol=1e-2)
     same = gpu["sed"].cpu() == cpu["sed"]
     assert same.float().mean() > 0.9  # float32 near-ties may pick another SED; then z still agrees
