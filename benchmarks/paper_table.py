@@ -22,7 +22,9 @@ Euclid-like spectra the survey targets (Hα + [NII] above its 2e-16 erg s⁻¹ c
 * size: resnet1d classification 800 trained on 800, 1600, 4000 SEDs (80 % of 1K, 2K, 5K) and on all;
 * chi2: the information limit, ``zfast.template_fit.template_fit_redshift`` on the very same test spectra.
 * library_fit: the classical peer, ``zfast.template_fit.library_fit_redshift``: each test spectrum fitted with every
-  training SED at every z (free amplitude), no network (~2.5 min per 2048 spectra on 2 CPU cores).
+  training SED at every z (free amplitude), no network (~2.5 min per 2048 spectra on 2 CPU cores); its 68 / 95 %
+  intervals from the tempered χ² (``fit_quantiles``), temperatures per SNR bin fitted once on 7,168 spectra of the
+  validation SEDs (``library_fit_calibration``, ~9 min on 2 cores).
 Every run is a zfast-train run in ``--work/<name>``; a finished run (its metrics.json exists) is reused, so an
 interrupted table resumes. ``--quick`` is the CPU setting (900 steps of 256 spectra, as zfast-train's quick
 preset); without it, 10,000 steps (a GPU). Results: <out>/paper_table.json, paper_table.md, size_study.png.
@@ -50,7 +52,7 @@ from zfast.data.instrument import EUCLID_LINE_SNR_AT_LIMIT
 from zfast.inference import ensemble_summary, load_model
 from zfast.metrics import redshift_metrics
 from zfast.models import build_model
-from zfast.template_fit import library_fit_redshift, template_fit_redshift
+from zfast.template_fit import calibrate_fit_temperatures, fit_quantiles, fit_temperature, library_fit_redshift, template_fit_redshift
 
 # The talk's results (MSE, MAE, R²): Stivaktakis et al., noiseless, on their data.
 TALK = {"regression": (0.03811, 0.16469, 0.28188), "classification-800": (0.00791, 0.02325, 0.85082),
@@ -252,18 +254,50 @@ def score_ensemble(name: str, members: list, work: Path, sets: dict, device, lib
     return entry
 
 
-def _score_peer(results: dict, results_path: Path, key: str, sets: dict, first, fit) -> None:
-    """results[key]["split/condition"]: metrics of ``fit(instrument, flux, ivar, sed) -> z`` on each test set not
-    scored yet (saved after each, so an interrupted table resumes)."""
+def _score_peer(results: dict, results_path: Path, key: str, sets: dict, first, fit, needs=()) -> None:
+    """results[key]["split/condition"]: metrics of ``fit(instrument, flux, ivar, sed) -> z`` (or a dict of z and
+    ``redshift_metrics``'s interval keywords) on each test set not scored yet, or scored without the metrics
+    ``needs`` (saved after each, so an interrupted table resumes)."""
     entry = results.setdefault(key, {})
     started = time.perf_counter()
     for (split, condition), (flux, ivar, z, sed) in sets.items():
-        if f"{split}/{condition}" in entry:
+        if all(m in entry.get(f"{split}/{condition}", {"": None}) for m in needs):
             continue
         instrument = Instrument.preset(first.instrument, CONDITIONS[condition if condition != EUCLID_TARGET else "euclid"])
-        entry[f"{split}/{condition}"] = redshift_metrics(z.double().cpu(), fit(instrument, flux, ivar, sed).cpu())
+        out = fit(instrument, flux, ivar, sed)
+        out = out if isinstance(out, dict) else {"z_pred": out}
+        entry[f"{split}/{condition}"] = redshift_metrics(z.double().cpu(), **{k: v.cpu() for k, v in out.items()})
         print(f"[{key}] {split}/{condition}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
         _write(results_path, results)
+
+
+LEVELS = (0.16, 0.84, 0.025, 0.975)
+CALIBRATION_SEED = 47_000  # the template fit's calibration spectra (validation SEDs), one seed per noise
+
+
+def library_fit_calibration(results: dict, results_path: Path, first, library, train_seds) -> dict:
+    """The template fit's per-SNR temperatures (``zfast.template_fit.calibrate_fit_temperatures``), fitted once per
+    json (results["library_fit_calibration"]) on spectra of the *validation* SEDs: 4096 with the training noise
+    (white, SNR 3-30), 2048 Euclid-like, 1024 noiseless — as a network's calibration set, plus the Euclid-like ones
+    (the fit trains on nothing, so nothing says which noise it will meet)."""
+    stored = results.get("library_fit_calibration")
+    if stored:
+        return {k: torch.tensor(v) for k, v in stored.items()}
+    started = time.perf_counter()
+    fits, zs, snrs = [], [], []
+    for i, (noise, n) in enumerate([(train.make_instrument(first).noise, 4096), (NoiseModel("euclid"), 2048), (NoiseModel("none"), 1024)]):
+        instrument = Instrument.preset(first.instrument, noise)
+        flux, ivar, z, _ = train.augmented(first, library, instrument, "val").fixed_set(n, seed=CALIBRATION_SEED + i)
+        fits.append(library_fit_redshift(library, instrument, flux, ivar, train_seds, (first.z_min, first.z_max)))
+        zs.append(z)
+        snrs.append(spectrum_snr(ivar))
+    merged = {"modes": {k: torch.cat([f["modes"][k] for f in fits]) for k in fits[0]["modes"]}}
+    calibration = calibrate_fit_temperatures(merged, torch.cat(zs), torch.cat(snrs))
+    results["library_fit_calibration"] = {k: v.tolist() for k, v in calibration.items()}
+    print(f"[library_fit] calibration on {sum(z.numel() for z in zs)} validation spectra: {time.perf_counter() - started:.0f} s, "
+          f"temperatures {[f'{t:.3g}' for t in calibration['temperatures'].tolist()]}", file=sys.stderr)  # fmt: skip
+    _write(results_path, results)
+    return calibration
 
 
 def ensemble_metrics(ensemble, data) -> dict:
@@ -339,8 +373,14 @@ def main(argv=None) -> int:
     # The classical peer: every test spectrum against every *training* SED (of the first run's split) at every z,
     # free amplitude (zfast.template_fit.library_fit_redshift): no network, no test SED among them.
     train_seds = train.run_splits(first, library)["train"]
-    _score_peer(results, results_path, "library_fit", sets, first,
-                lambda instrument, flux, ivar, sed: library_fit_redshift(library, instrument, flux, ivar, train_seds, z_range)["z"])
+    calibration = library_fit_calibration(results, results_path, first, library, train_seds)
+
+    def library_fit(instrument, flux, ivar, sed):
+        fit = library_fit_redshift(library, instrument, flux, ivar, train_seds, z_range)
+        lo68, hi68, lo95, hi95 = fit_quantiles(fit, fit_temperature(calibration, spectrum_snr(ivar)), LEVELS).unbind(dim=1)
+        return dict(z_pred=fit["z"], lo68=lo68, hi68=hi68, lo95=lo95, hi95=hi95)
+
+    _score_peer(results, results_path, "library_fit", sets, first, library_fit, needs=("coverage68",))
 
     for name, overrides in plan.items():
         run_dir = train_once(name, overrides, work)
@@ -418,7 +458,8 @@ def markdown(results: dict) -> str:
         if "test/noiseless" in entry:
             m = entry["test/noiseless"]
             lines.append(f"| {label} | {_fmt(m['mse'])} | {_fmt(m['mae'])} | {_fmt(m['r2'], 4)} | | | | "
-                         f"{_fmt(m['sigma_nmad'], 3)} | {_fmt(m['outlier_003'], 3)} | {_fmt(m['outlier_01'], 3)} | |")  # fmt: skip
+                         f"{_fmt(m['sigma_nmad'], 3)} | {_fmt(m['outlier_003'], 3)} | {_fmt(m['outlier_01'], 3)} | "
+                         f"{_fmt(m.get('coverage68'), 3) if m.get('coverage68') is not None else ''} |")  # fmt: skip
     for split in ("test", "holdout"):
         fraction = p.get("euclid_target_fraction", {}).get(split)
         lines.append(f"\n### σ_NMAD / η(>0.01) / 68 % coverage by noise, {split} SEDs\n")

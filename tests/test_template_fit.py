@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -110,3 +112,76 @@ def test_library_fit_on_cuda_matches_the_cpu():
     assert same.float().mean() > 0.9  # float32 near-ties may pick another SED; then z still agrees
     torch.testing.assert_close(gpu["z"].cpu()[same], cpu["z"][same], rtol=0, atol=1e-9)
     assert ((gpu["z"].cpu() - cpu["z"]).abs() / (1 + z) < 1e-3).all()
+
+
+def test_z_err_is_the_delta_chi2_of_one_half_width():
+    from zfast.template_fit import _chi2, _weights, library_fit_redshift
+
+    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("white", snr=(5.0, 20.0)), n=16, seed=11)
+    fit = library_fit_redshift(library, instrument, flux, ivar, torch.arange(0, len(library), 5))
+    assert (fit["z_err"] > 0).all()
+    weight, f = _weights(flux.double(), ivar.double())
+    # Brute force (float64, the best SED): the χ² minimum on a 1e-7 grid, then χ² at that minimum ± z_err rises by
+    # one on average over the two sides (a valley's sides differ; its widths here run from 5e-6 to 2e-3).
+    offsets = torch.linspace(-1e-4, 1e-4, 2001, dtype=torch.float64)
+    dense = _chi2(library, instrument, fit["sed"], f, weight, fit["z"][:, None] + offsets)
+    z_min = fit["z"] + offsets[dense.argmin(dim=1)]
+    grid = torch.stack([z_min, z_min - fit["z_err"], z_min + fit["z_err"]], dim=1)
+    chi = _chi2(library, instrument, fit["sed"], f, weight, grid)
+    rise = (chi[:, 1:] - chi[:, :1]).mean(dim=1)
+    assert fit["z_err"].max() > 3e-4 and fit["z_err"].min() < 3e-5  # narrow and wide valleys both checked
+    torch.testing.assert_close(rise, torch.ones_like(rise), rtol=0.2, atol=0)
+    # The modes: every refined pair, the winner among them.
+    assert fit["modes"]["z"].shape == (16, 4)
+    assert torch.equal(fit["modes"]["chi2"].min(dim=1).values, fit["chi2"])
+
+
+def _modes(z, chi2, sigma, sed):
+    t = lambda v, dtype=torch.float64: torch.tensor(v, dtype=dtype)
+    return {"modes": {"z": t(z), "chi2": t(chi2), "sigma": t(sigma), "sed": t(sed, torch.int64)}}
+
+
+def test_fit_quantiles_of_the_tempered_chi2_mixture():
+    from zfast.template_fit import fit_quantiles
+
+    sigma = 1e-4
+    # One valley: normal quantiles, widened by sqrt(T).
+    fit = _modes([[1.3, 1.6]], [[0.0, 400.0]], [[sigma, sigma]], [[0, 1]])
+    for temperature in (0.25, 1.0, 4.0):
+        q = fit_quantiles(fit, temperature, (0.16, 0.5, 0.84))[0]
+        expected = 1.3 + sigma * temperature**0.5 * torch.special.ndtri(torch.tensor([0.16, 0.5, 0.84], dtype=torch.float64))
+        torch.testing.assert_close(q, expected, rtol=0, atol=1e-9)
+    # Two valleys, Δχ² = 2 apart: the worse one (z = 1.1) holds 1 / (1 + e^(Δ/2T)) of the mass.
+    fit = _modes([[1.1, 1.5]], [[2.0, 0.0]], [[sigma, sigma]], [[3, 4]])
+    for temperature in (1.0, 3.0):
+        w = 1 / (1 + math.exp(1 / temperature))
+        lo = fit_quantiles(fit, temperature, (0.16,))[0, 0]
+        expected = 1.1 + sigma * temperature**0.5 * torch.special.ndtri(torch.tensor(0.16 / w, dtype=torch.float64))
+        torch.testing.assert_close(lo, expected, rtol=0, atol=1e-9)
+    # A pair refined twice to the same minimum with the same SED counts once (else 2/3 of the mass would sit there).
+    fit = _modes([[1.2, 1.2, 1.4]], [[0.0, 0.0, 0.0]], [[sigma] * 3], [[7, 7, 8]])
+    median = fit_quantiles(fit, 1.0, (0.5,))[0, 0]
+    assert 1.2 + 5 * sigma < median < 1.4 - 5 * sigma  # anywhere in the gap between the two valleys
+    # ... but another SED at the same z is another template: it adds its mass.
+    fit = _modes([[1.2, 1.2, 1.4]], [[0.0, 0.0, 0.0]], [[sigma] * 3], [[7, 9, 8]])
+    assert fit_quantiles(fit, 1.0, (0.5,))[0, 0] < 1.2 + 2 * sigma
+
+
+def test_fit_temperatures_recover_the_width_that_covers_68_percent():
+    from zfast.template_fit import calibrate_fit_temperatures, fit_quantiles, fit_temperature
+
+    g = torch.Generator().manual_seed(5)
+    n = 3000
+    sigma = torch.full((n, 1), 2e-4, dtype=torch.float64)
+    centre = 1.0 + 0.8 * torch.rand(n, 1, dtype=torch.float64, generator=g)
+    snr = torch.where(torch.arange(n) < n // 2, 10.0, math.inf).double()  # two SNR bins: SNR 10 and noiseless
+    scale = torch.where(snr < math.inf, 2.0, 0.5)[:, None]  # true errors 2x and 0.5x the formal σ
+    z = (centre + scale * sigma * torch.randn(n, 1, dtype=torch.float64, generator=g))[:, 0]
+    fit = {"modes": {"z": centre, "chi2": torch.zeros(n, 1, dtype=torch.float64), "sigma": sigma, "sed": torch.zeros(n, 1, dtype=torch.int64)}}
+    calibration = calibrate_fit_temperatures(fit, z, snr)
+    t = fit_temperature(calibration, snr)
+    assert 3.0 < t[0] < 5.3 and 0.18 < t[-1] < 0.33  # T = scale²: 4 and 0.25
+    lo, hi = fit_quantiles(fit, t).unbind(dim=1)
+    for part in (snr < math.inf, snr == math.inf):
+        coverage = ((lo <= z) & (z <= hi))[part].double().mean()
+        assert abs(coverage - 0.68) < 0.03

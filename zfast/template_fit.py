@@ -95,8 +95,10 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     (measured: 1 of 12 spectra with the true SED among 42 at step 4e-3, with a single pair refined).
 
     Returns a dict of CPU tensors: "z" [B] float64, "sed" [B] (the best SED, an index into the library),
-    "chi2" [B] (its χ² minus Σ w f², float64), "z_grid" [K] and "chi2_grid" [B, K] (float32 maths, any flux units:
-    the best SED's χ² minus Σ w f² at each coarse z, for a P(z) ∝ exp(-χ²/2) or a second look).
+    "chi2" [B] (its χ² minus Σ w f², float64), "z_err" [B] (the Δχ² = 1 half-width of its χ² valley: a formal
+    error, right only for a perfect template and the true ivar), "modes" (dict of [B, n_refine]: "z", "sed", "chi2",
+    "sigma" of every refined pair, for ``fit_quantiles``), "z_grid" [K] and "chi2_grid" [B, K] (float32 maths, any
+    flux units: the best SED's χ² minus Σ w f² at each coarse z).
     """
     flux, ivar = flux.double(), ivar.double()
     if flux.dim() != 2 or ivar.shape != flux.shape or flux.shape[1] != instrument.n_pixels:
@@ -146,10 +148,110 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
         chi = torch.cat([_chi2(library, instrument, sed[r], flux_p[r], weight_p[r], fine[r]) for r in _row_chunks(sed.numel(), 64)])
         value, pick = chi.min(dim=1, keepdim=True)
         z0 = fine.gather(1, pick)
+    sigma = _curvature_sigma(fine, chi, z0, step)
+    # Valleys wider than the window (weak features): the parabola's extrapolation is off by up to 3x (measured);
+    # there, twice, the secant through z0 ± σ: σ <- σ / sqrt(mean Δχ²(z0 ± σ)).
+    wide = (sigma[:, 0] > step / 40).nonzero()[:, 0]
+    for _ in range(2 if wide.numel() else 0):
+        points = torch.cat([z0[wide], z0[wide] - sigma[wide], z0[wide] + sigma[wide]], dim=1).clamp(z_lo, z_hi)
+        chi3 = torch.cat([_chi2(library, instrument, sed[wide][r], flux_p[wide][r], weight_p[wide][r], points[r])
+                          for r in _row_chunks(wide.numel(), 256)])  # fmt: skip
+        rise = (chi3[:, 1:] - chi3[:, :1]).mean(dim=1, keepdim=True)
+        sigma[wide] = (sigma[wide] / rise.clamp_min(1e-6).sqrt()).clamp_max((z_hi - z_lo) / 4)
     best = value.reshape(b, n_pairs).argmin(dim=1, keepdim=True)
     take = lambda t: t.reshape(b, n_pairs).gather(1, best)[:, 0].cpu()
-    return {"z": take(z0), "sed": take(sed), "chi2": take(value), "z_grid": grid,
+    modes = {"z": z0.reshape(b, n_pairs).cpu(), "sed": sed.reshape(b, n_pairs).cpu(), "chi2": value.reshape(b, n_pairs).cpu(),
+             "sigma": sigma.reshape(b, n_pairs).cpu()}  # fmt: skip
+    return {"z": take(z0), "sed": take(sed), "chi2": take(value), "z_err": take(sigma), "modes": modes, "z_grid": grid,
             "chi2_grid": (chi2_top[:, :, 0] * (w_scale * f_scale.square())).cpu()}  # fmt: skip
+
+
+def _curvature_sigma(z: torch.Tensor, chi: torch.Tensor, z0: torch.Tensor, step: float) -> torch.Tensor:
+    """[R, 1]: the Δχ² = 1 half-width 1/sqrt(a) of a least-squares parabola a(z - z0)² + b(z - z0) + c through each
+    row's χ² samples ``chi`` at ``z`` [R, K] (the final refinement window, ±step/20 around the minimum ``z0``);
+    ``step`` where the window has no upward curvature (a minimum on an end of the z range, a flat χ²)."""
+    x = (z - z0) / (step / 20)  # ~[-1, 1]: a well-conditioned fit
+    design = torch.stack([x.square(), x, torch.ones_like(x)], dim=2)
+    coef = torch.linalg.lstsq(design, (chi - chi.min(dim=1, keepdim=True).values)[..., None]).solution[..., 0]
+    a = coef[:, :1] / (step / 20) ** 2
+    return torch.where(a > 0, a.clamp_min(1e-300).rsqrt(), torch.full_like(a, step)).clamp_max(step)
+
+
+# Temperatures tried by ``calibrate_fit_temperatures``: the tempered χ² exp(-χ²/2T) of a noiseless spectrum (χ² of a
+# normalised spectrum against an imperfect template, ~1e-4 per pixel) needs T ~ 1e-3; noisy spectra T ~ 1-100.
+FIT_TEMPERATURES = tuple(math.exp(math.log(1e-6) + i * (math.log(1e4) - math.log(1e-6)) / 200) for i in range(201))
+
+
+def fit_quantiles(fit: dict, temperature, levels=(0.16, 0.84)) -> torch.Tensor:
+    """[B, L] quantiles of the template fit's P(z) at ``temperature`` (a number or [B]): the tempered likelihood
+    exp(-χ²(z) / 2T) of ``library_fit_redshift``'s refined (z, SED) pairs (``fit["modes"]``), each χ² valley taken as
+    a parabola: a mixture of normals N(z_j, T σ_j²), with weight σ_j √T exp(-(χ²_j - χ²_min) / 2T) (the valley's
+    integral), pairs at the same z with the same SED counted once. T = 1 is the formal likelihood with the true noise
+    and a perfect template; ``calibrate_fit_temperatures`` fits T per SNR bin."""
+    modes = fit["modes"]
+    z, chi2, sigma, sed = (modes[k].double() if k != "sed" else modes[k] for k in ("z", "chi2", "sigma", "sed"))
+    temperature = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1, 1)
+    # Duplicates: the same SED refined to the same minimum from two coarse points.
+    same = (sed[:, :, None] == sed[:, None, :]) & ((z[:, :, None] - z[:, None, :]).abs() <= 1e-6)
+    earlier = torch.ones_like(same[0]).triu(diagonal=1).T  # [P, P]: j < i
+    duplicate = (same & earlier).any(dim=2)
+    log_w = sigma.log() - (chi2 - chi2.min(dim=1, keepdim=True).values) / (2 * temperature)
+    log_w = log_w.masked_fill(duplicate, -math.inf)
+    weight = torch.softmax(log_w, dim=1)
+    scale = sigma * temperature.sqrt()
+    lo = (z - 10 * scale).min(dim=1).values
+    hi = (z + 10 * scale).max(dim=1).values
+    out = []
+    for level in levels:
+        a, b = lo.clone(), hi.clone()
+        for _ in range(60):  # bisection on the mixture's CDF
+            mid = (a + b) / 2
+            cdf = (weight * torch.special.ndtr((mid[:, None] - z) / scale)).sum(dim=1)
+            below = cdf < level
+            a, b = torch.where(below, mid, a), torch.where(below, b, mid)
+        out.append((a + b) / 2)
+    return torch.stack(out, dim=1)
+
+
+def calibrate_fit_temperatures(fit: dict, z: torch.Tensor, snr: torch.Tensor) -> dict:
+    """{"snr_edges", "temperatures", "counts"}: per SNR bin (``zfast.calibration.SNR_EDGES`` of ``spectrum_snr``), the
+    temperature of ``FIT_TEMPERATURES`` whose 68 % intervals (``fit_quantiles``) cover closest to 68 % of the true
+    ``z`` of these (validation) spectra, on the branch where coverage still grows with T; bins with fewer than
+    ``MIN_SPECTRA`` spectra take the nearest fitted bin's (as ``zfast.calibration.fit_temperatures``)."""
+    from .calibration import MIN_SPECTRA, SNR_EDGES, _bins
+
+    edges = torch.tensor(SNR_EDGES, dtype=torch.float64)
+    k = _bins(torch.nan_to_num(snr.double().cpu(), nan=0.0), edges)
+    z = z.double().cpu()
+    covered = []
+    for temperature in FIT_TEMPERATURES:
+        lo68, hi68 = fit_quantiles(fit, temperature).unbind(dim=1)
+        covered.append(((lo68 <= z) & (z <= hi68)).double())
+    covered = torch.stack(covered)
+    n_bins = edges.numel() - 1
+    temperatures = torch.ones(n_bins, dtype=torch.float64)
+    counts = torch.zeros(n_bins, dtype=torch.int64)
+    fitted = []
+    for b in range(n_bins):
+        members = k == b
+        counts[b] = int(members.sum())
+        if counts[b] >= MIN_SPECTRA:
+            coverage = covered[:, members].mean(dim=1)
+            informative = int(coverage.argmax()) + 1
+            temperatures[b] = FIT_TEMPERATURES[int((coverage[:informative] - 0.68).abs().argmin())]
+            fitted.append(b)
+    for b in range(n_bins):
+        if fitted and b not in fitted:
+            temperatures[b] = temperatures[min(fitted, key=lambda f: (abs(f - b), f))]
+    return {"snr_edges": edges, "temperatures": temperatures, "counts": counts}
+
+
+def fit_temperature(calibration: dict, snr: torch.Tensor) -> torch.Tensor:
+    """[B]: the calibrated temperature of each spectrum's SNR bin."""
+    from .calibration import _bins
+
+    k = _bins(torch.nan_to_num(snr.double().cpu(), nan=0.0), calibration["snr_edges"].double())
+    return calibration["temperatures"].double()[k]
 
 
 def _row_chunks(n: int, size: int) -> list:
