@@ -517,7 +517,8 @@ def predict(model: Union[RedshiftModel, EnsembleModel, str, os.PathLike, list], 
         templates: also fit every spectrum with every SED of a library (``zfast.template_fit.library_fit_redshift``
             over the model's z range, on the same normalised pixels): an ``SEDLibrary``, a (library, SED indices)
             pair, or a name for ``load_templates`` ("default", "training", a library file). Adds z_template,
-            template_sed and template_rchi2 (χ² per valid pixel of the best fit).
+            z_template_err (the formal Δχ² = 1 error, times sqrt(template_rchi2) when that is above 1), template_sed
+            and template_rchi2 (χ² per valid pixel of the best fit).
 
     Returns:
         dict of CPU tensors [B]: z, z_err, z_lo68, z_hi68 (float64), valid_fraction, snr, ood_score, p_outside
@@ -549,7 +550,7 @@ def predict(model: Union[RedshiftModel, EnsembleModel, str, os.PathLike, list], 
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
-TEMPLATE_COLUMNS = ("z_template", "template_sed", "template_rchi2")
+TEMPLATE_COLUMNS = ("z_template", "z_template_err", "template_sed", "template_rchi2")
 
 
 def load_templates(templates, model):
@@ -601,8 +602,10 @@ def _template_columns(model, normalised: torch.Tensor, ivar: torch.Tensor, templ
     rchi2 = (fit["chi2"] + total) / (n_valid - 1).clamp_min(1)
     empty = n_valid < 2  # nothing to fit: NaN rather than an arbitrary grid point
     nan = torch.full_like(rchi2, math.nan)
-    return {"z_template": torch.where(empty, nan, fit["z"]), "template_sed": torch.where(empty, nan, fit["sed"].double()),
-            "template_rchi2": torch.where(empty, nan, rchi2)}  # fmt: skip
+    # The formal error (Δχ² = 1), widened by sqrt(reduced χ²) where the best template fits worse than the noise.
+    error = fit["z_err"] * rchi2.clamp_min(1.0).sqrt()
+    return {"z_template": torch.where(empty, nan, fit["z"]), "z_template_err": torch.where(empty, nan, error),
+            "template_sed": torch.where(empty, nan, fit["sed"].double()), "template_rchi2": torch.where(empty, nan, rchi2)}  # fmt: skip
 
 
 def _predict_chunk(model, wavelength, flux, ivar, air, flux_unit, pz, min_valid, templates=None) -> dict:
@@ -914,7 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--templates", default=None,
-                        help="also fit each spectrum with every SED of a library (columns z_template, template_sed, template_rchi2): "
+                        help="also fit each spectrum with every SED of a library (columns z_template, z_template_err, template_sed, template_rchi2): "
                              "'training' (the checkpoint's training SEDs), 'default' (the built-in library) or a library file; "
                              "~0.1 s per spectrum with 7,200 SEDs on 2 CPU cores")
     return parser
