@@ -131,9 +131,34 @@ def test_z_err_is_the_delta_chi2_of_one_half_width():
     rise = (chi[:, 1:] - chi[:, :1]).mean(dim=1)
     assert fit["z_err"].max() > 3e-4 and fit["z_err"].min() < 3e-5  # narrow and wide valleys both checked
     torch.testing.assert_close(rise, torch.ones_like(rise), rtol=0.2, atol=0)
-    # The modes: every refined pair, the winner among them.
-    assert fit["modes"]["z"].shape == (16, 4)
-    assert torch.equal(fit["modes"]["chi2"].min(dim=1).values, fit["chi2"])
+    # The modes: every refined pair (2 of the chosen valley, the 4 best of the grid), the winner among them.
+    assert fit["modes"]["z"].shape == (16, 6)
+    assert (fit["modes"]["chi2"] == fit["chi2"][:, None]).any(dim=1).all()
+
+
+def test_library_fit_picks_the_valley_of_the_sed_marginalised_likelihood():
+    from zfast.template_fit import library_fit_redshift
+
+    library, instrument, flux, ivar, z, _ = _spectra(zfast.NoiseModel("white", snr=(2.0, 2.0)), n=48, seed=21)
+    seds = torch.arange(0, len(library), 3)
+    step = 4e-3
+    fit = library_fit_redshift(library, instrument, flux, ivar, seds, step=step)
+    # float64 brute force: log Σ_s exp(-χ²_s(z)/2) at each coarse z, up to a constant per spectrum.
+    weight = ivar.double()
+    reference = torch.empty(flux.shape[0], fit["z_grid"].numel(), dtype=torch.float64)
+    profile = torch.empty_like(reference)
+    for k, zk in enumerate(fit["z_grid"].tolist()):
+        t = instrument.convolve_lsf(library.redshift_resample(seds, torch.full((seds.numel(),), zk), instrument.wave_edges)).double()
+        chi = -((weight * flux.double()) @ t.T).square() / (weight @ t.square().T)
+        reference[:, k] = torch.logsumexp(-chi / 2, dim=1)
+        profile[:, k] = chi.min(dim=1).values
+    got = fit["log_like_grid"].double()
+    torch.testing.assert_close(got - got.max(dim=1, keepdim=True).values, reference - reference.max(dim=1, keepdim=True).values,
+                               rtol=0, atol=0.05)  # fmt: skip
+    chosen = fit["z_grid"][reference.argmax(dim=1)]
+    assert ((fit["z"] - chosen).abs() <= 2 * step + 1e-9).all()
+    # At this SNR the marginal and the best SED alone disagree on the valley for some spectra: the test sees both.
+    assert (fit["z_grid"][profile.argmin(dim=1)] - chosen).abs().gt(0.02).sum() >= 2
 
 
 def _modes(z, chi2, sigma, sed):

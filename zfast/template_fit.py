@@ -95,17 +95,21 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
 
     A coarse grid of step ``step`` over ``z_range`` (the NISP LSF's FWHM spans Δz ≈ 0.005: 2e-3 samples the χ²
     valley ~2.5 times) scores every SED at every z in float32 matmuls (templates are rendered once per z and shared
-    by a chunk of ``chunk`` spectra); then the ``n_refine`` best (z, SED) pairs of the coarse grid (of the three best
-    SEDs at each z) are each refined on grids 20x and 400x finer with their SED, in float64 (as
-    ``template_fit_redshift``), and the lowest χ² wins. Why several: on the coarse grid the true z falls between
-    points, where a noiseless spectrum's own SED can score worse than a neighbour that happens to fit there
-    (measured: 1 of 12 spectra with the true SED among 42 at step 4e-3, with a single pair refined).
+    by a chunk of ``chunk`` spectra). The valley is the coarse z with the largest likelihood summed over the SEDs,
+    Σ_s exp(-χ²_s(z)/2) (the SED marginalised with a uniform prior; noiseless spectra, with no χ² scale, take the
+    smallest χ²). There the two best (z, SED) pairs of that point and its two neighbours (three best SEDs at each
+    z), and, for the intervals, the ``n_refine`` best pairs of the whole grid, are each refined on grids 20x and 400x
+    finer with their SED, in float64 (as ``template_fit_redshift``); the lowest χ² of the pairs within two coarse
+    steps of the chosen valley wins (noiseless: of all pairs). Why several pairs: on the coarse grid the true z falls between points, where a
+    noiseless spectrum's own SED can score worse than a neighbour that happens to fit there (measured: 1 of 12
+    spectra with the true SED among 42 at step 4e-3, with a single pair refined).
 
     Returns a dict of CPU tensors: "z" [B] float64, "sed" [B] (the best SED, an index into the library),
     "chi2" [B] (its χ² minus Σ w f², float64), "z_err" [B] (the Δχ² = 1 half-width of its χ² valley: a formal
-    error, right only for a perfect template and the true ivar), "modes" (dict of [B, n_refine]: "z", "sed", "chi2",
-    "sigma" of every refined pair, for ``fit_quantiles``), "z_grid" [K] and "chi2_grid" [B, K] (float32 maths, any
-    flux units: the best SED's χ² minus Σ w f² at each coarse z).
+    error, right only for a perfect template and the true ivar), "modes" (dict of [B, n_refine + 2]: "z", "sed",
+    "chi2", "sigma" of every refined pair, for ``fit_quantiles``), "z_grid" [K], "chi2_grid" [B, K] (float32 maths,
+    any flux units: the best SED's χ² minus Σ w f² at each coarse z) and "log_like_grid" [B, K] (log Σ_s exp(-χ²_s/2)
+    at each coarse z, up to a constant per spectrum).
     """
     flux, ivar = flux.double(), ivar.double()
     if flux.dim() != 2 or ivar.shape != flux.shape or flux.shape[1] != instrument.n_pixels:
@@ -126,12 +130,16 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     top = min(3, seds.numel())
     chi2_top = torch.empty(b, n_coarse, top, dtype=torch.float32, device=device)
     sed_top = torch.empty(b, n_coarse, top, dtype=torch.int64, device=device)
+    log_like = torch.empty(b, n_coarse, dtype=torch.float32, device=device)  # log Σ_SED exp(-χ²/2) per coarse z
     # The coarse stage runs in float32: scale each spectrum's weights and flux to ~1 first (its argmin over z and
     # SED does not change; unscaled, ivar of f_λ in erg s⁻¹ cm⁻² Å⁻¹ ~ 1e34 and χ² terms ~ 1e-61 under/overflow).
     w_scale = torch.where(weight > 0, weight, math.nan).nanmedian(dim=1, keepdim=True).values.nan_to_num(1.0)
     f_scale = torch.where(weight > 0, flux.abs(), math.nan).nanmedian(dim=1, keepdim=True).values.nan_to_num(1.0)
     f_scale = torch.where(f_scale > 0, f_scale, 1.0)
     wf32, w32 = (weight / w_scale * flux / f_scale).float(), (weight / w_scale).float()
+    to_chi2 = (w_scale * f_scale.square()).float()  # scaled χ² -> χ² in the spectrum's own ivar units
+    # Noiseless spectra (ivar = inf: unit weights) have no χ² scale to marginalise with: the best SED alone decides.
+    marginal = ~torch.isinf(ivar.to(device)).any(dim=1)
     for k, zk in enumerate(grid.tolist()):
         templates = instrument.convolve_lsf(library.redshift_resample(seds, torch.full((seds.numel(),), zk, device=device), edges))
         squares = templates.square()
@@ -142,10 +150,24 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
             chi = -cross.square() / power.clamp_min(1e-30)
             value, which = chi.topk(top, dim=1, largest=False)
             chi2_top[rows, k], sed_top[rows, k] = value, which
+            log_like[rows, k] = torch.logsumexp(chi * (-0.5 * to_chi2[rows]), dim=1)
         if progress is not None:
             progress(k + 1, n_coarse)
-    n_pairs = min(n_refine, n_coarse * top)
-    pair = chi2_top.reshape(b, -1).topk(n_pairs, dim=1, largest=False).indices  # [B, P] into (z, rank)
+    # Which valley: the z of the largest likelihood summed over the SEDs (a uniform prior over the library; measured on
+    # 32,768 spectra per set: SNR 3 η 24.2 -> 22.5 %, SNR 10 0.70 -> 0.62 %, held-out recipe 0.99 -> 0.90 %, against
+    # the best SED's χ² alone), or, noiseless, of the smallest χ². Refined there: the ``n_window`` best (z, SED) pairs
+    # of that coarse point and its neighbours; and, for the intervals (``modes``), the ``n_refine`` best pairs of the
+    # whole grid, wherever they are.
+    flat = chi2_top.reshape(b, -1)
+    score = torch.where(marginal[:, None], log_like, -chi2_top[:, :, 0])
+    centre = score.argmax(dim=1, keepdim=True)
+    near = (centre + torch.arange(-1, 2, device=device)).clamp(0, n_coarse - 1)  # [B, 3]
+    near = (near[:, :, None] * top + torch.arange(top, device=device)).reshape(b, -1)  # [B, 3·top] into (z, rank)
+    n_window = min(2, near.shape[1])
+    window = near.gather(1, flat.gather(1, near).topk(n_window, dim=1, largest=False).indices)
+    n_global = min(n_refine, n_coarse * top)
+    pair = torch.cat([window, flat.topk(n_global, dim=1, largest=False).indices], dim=1)  # [B, P] into (z, rank)
+    n_pairs = pair.shape[1]
     sed = seds[sed_top.reshape(b, -1).gather(1, pair)].reshape(-1)  # [B·P]
     z0 = grid.to(device)[pair // top].reshape(-1, 1)
     flux_p, weight_p = flux.repeat_interleave(n_pairs, dim=0), weight.repeat_interleave(n_pairs, dim=0)
@@ -165,12 +187,16 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
                           for r in _row_chunks(wide.numel(), 256)])  # fmt: skip
         rise = (chi3[:, 1:] - chi3[:, :1]).mean(dim=1, keepdim=True)
         sigma[wide] = (sigma[wide] / rise.clamp_min(1e-6).sqrt()).clamp_max((z_hi - z_lo) / 4)
-    best = value.reshape(b, n_pairs).argmin(dim=1, keepdim=True)
+    # The winner: the best refined pair in the chosen valley, within two coarse steps of its centre (the window's
+    # pairs always are; a global pair there may fit better), noiseless: the smallest χ² of all pairs.
+    outside = (z0.reshape(b, n_pairs) - grid.to(device)[centre]).abs() > 2 * step + 1e-12
+    candidates = value.reshape(b, n_pairs).masked_fill(outside & marginal[:, None], math.inf)
+    best = candidates.argmin(dim=1, keepdim=True)
     take = lambda t: t.reshape(b, n_pairs).gather(1, best)[:, 0].cpu()
     modes = {"z": z0.reshape(b, n_pairs).cpu(), "sed": sed.reshape(b, n_pairs).cpu(), "chi2": value.reshape(b, n_pairs).cpu(),
              "sigma": sigma.reshape(b, n_pairs).cpu()}  # fmt: skip
     return {"z": take(z0), "sed": take(sed), "chi2": take(value), "z_err": take(sigma), "modes": modes, "z_grid": grid,
-            "chi2_grid": (chi2_top[:, :, 0] * (w_scale * f_scale.square())).cpu()}  # fmt: skip
+            "chi2_grid": (chi2_top[:, :, 0] * (w_scale * f_scale.square())).cpu(), "log_like_grid": log_like.cpu()}  # fmt: skip
 
 
 def _curvature_sigma(z: torch.Tensor, chi: torch.Tensor, z0: torch.Tensor, step: float) -> torch.Tensor:
