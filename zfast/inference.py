@@ -517,7 +517,8 @@ def predict(model: Union[RedshiftModel, EnsembleModel, str, os.PathLike, list], 
         templates: also fit every spectrum with every SED of a library (``zfast.template_fit.library_fit_redshift``
             over the model's z range, on the same normalised pixels): an ``SEDLibrary``, a (library, SED indices)
             pair, or a name for ``load_templates`` ("default", "training", a library file). Adds z_template,
-            z_template_err (the formal Δχ² = 1 error, times sqrt(template_rchi2) when that is above 1), template_sed
+            z_template_err (the formal Δχ² = 1 error, times sqrt(template_rchi2) when that is above 1, or always
+            without ``ivar``), template_sed
             and template_rchi2 (χ² per valid pixel of the best fit).
 
     Returns:
@@ -591,11 +592,13 @@ def _templates(templates, model):
     return SEDLibrary.load(templates), None
 
 
-def _template_columns(model, normalised: torch.Tensor, ivar: torch.Tensor, templates) -> dict:
+def _template_columns(model, normalised: torch.Tensor, ivar: torch.Tensor, templates, known_noise: bool = True) -> dict:
     from .template_fit import _weights, library_fit_redshift
 
     library, seds = templates
-    fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, model.z_range)
+    # Without the user's ivar the χ² scale is unknown: no marginalising over SEDs, and the noise comes from the residuals.
+    fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, model.z_range,
+                               marginalise=known_noise)  # fmt: skip
     weight, flux = _weights(normalised.double().cpu(), ivar.cpu())
     total = (weight * flux.square()).sum(dim=1)
     n_valid = (weight > 0).sum(dim=1)
@@ -603,7 +606,7 @@ def _template_columns(model, normalised: torch.Tensor, ivar: torch.Tensor, templ
     empty = n_valid < 2  # nothing to fit: NaN rather than an arbitrary grid point
     nan = torch.full_like(rchi2, math.nan)
     # The formal error (Δχ² = 1), widened by sqrt(reduced χ²) where the best template fits worse than the noise.
-    error = fit["z_err"] * rchi2.clamp_min(1.0).sqrt()
+    error = fit["z_err"] * (rchi2.clamp_min(1.0) if known_noise else rchi2).sqrt()
     return {"z_template": torch.where(empty, nan, fit["z"]), "z_template_err": torch.where(empty, nan, error),
             "template_sed": torch.where(empty, nan, fit["sed"].double()), "template_rchi2": torch.where(empty, nan, rchi2)}  # fmt: skip
 
@@ -615,7 +618,7 @@ def _predict_chunk(model, wavelength, flux, ivar, air, flux_unit, pz, min_valid,
     result["valid_fraction"], result["snr"] = fraction, snr
     result["flag_few_pixels"] = fraction < min_valid
     if templates is not None:
-        result.update(_template_columns(model, normalised, ivar_n, templates))
+        result.update(_template_columns(model, normalised, ivar_n, templates, known_noise=ivar is not None))
     return result
 
 

@@ -89,7 +89,7 @@ def _weights(flux: torch.Tensor, ivar: torch.Tensor) -> tuple[torch.Tensor, torc
 @torch.no_grad()
 def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torch.Tensor, ivar: torch.Tensor,
                          sed_index: torch.Tensor | None = None, z_range: tuple = (1.0, 1.8), step: float = 2e-3,
-                         chunk: int = 4096, n_refine: int = 4, progress=None) -> dict:  # fmt: skip
+                         chunk: int = 4096, n_refine: int = 4, progress=None, marginalise: bool = True) -> dict:  # fmt: skip
     """Template-fitting redshifts of ``flux`` [B, M] (with ``ivar``) against the SEDs ``sed_index`` of ``library``
     (default: all), each with a free amplitude (see the module docstring).
 
@@ -97,7 +97,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     valley ~2.5 times) scores every SED at every z in float32 matmuls (templates are rendered once per z and shared
     by a chunk of ``chunk`` spectra). The valley is the coarse z with the largest likelihood summed over the SEDs,
     Σ_s exp(-χ²_s(z)/2) (the SED marginalised with a uniform prior; noiseless spectra, with no χ² scale, take the
-    smallest χ²). There the two best (z, SED) pairs of that point and its two neighbours (three best SEDs at each
+    smallest χ², as do all with ``marginalise=False``: for an ivar known only up to a factor). There the two best (z, SED) pairs of that point and its two neighbours (three best SEDs at each
     z), and, for the intervals, the ``n_refine`` best pairs of the whole grid, are each refined on grids 20x and 400x
     finer with their SED, in float64 (as ``template_fit_redshift``); the lowest χ² of the pairs within two coarse
     steps of the chosen valley wins (noiseless: of all pairs). Why several pairs: on the coarse grid the true z falls between points, where a
@@ -139,7 +139,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     wf32, w32 = (weight / w_scale * flux / f_scale).float(), (weight / w_scale).float()
     to_chi2 = (w_scale * f_scale.square()).float()  # scaled χ² -> χ² in the spectrum's own ivar units
     # Noiseless spectra (ivar = inf: unit weights) have no χ² scale to marginalise with: the best SED alone decides.
-    marginal = ~torch.isinf(ivar.to(device)).any(dim=1)
+    marginal = ~torch.isinf(ivar.to(device)).any(dim=1) & marginalise
     for k, zk in enumerate(grid.tolist()):
         templates = instrument.convolve_lsf(library.redshift_resample(seds, torch.full((seds.numel(),), zk, device=device), edges))
         squares = templates.square()
