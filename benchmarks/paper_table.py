@@ -52,7 +52,13 @@ from zfast.data.instrument import EUCLID_LINE_SNR_AT_LIMIT
 from zfast.inference import ensemble_summary, load_model
 from zfast.metrics import redshift_metrics
 from zfast.models import build_model
-from zfast.template_fit import calibrate_fit_temperatures, fit_quantiles, fit_temperature, library_fit_redshift, template_fit_redshift
+from zfast.template_fit import (
+    calibrate_fit_temperatures,
+    fit_quantiles,
+    fit_temperature,
+    library_fit_redshift,
+    template_fit_redshift,
+)
 
 # The talk's results (MSE, MAE, R²): Stivaktakis et al., noiseless, on their data.
 TALK = {"regression": (0.03811, 0.16469, 0.28188), "classification-800": (0.00791, 0.02325, 0.85082),

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import requires_cuda
 
 import zfast
-from conftest import requires_cuda
 from zfast.template_fit import template_fit_redshift
 
 
@@ -117,7 +117,7 @@ def test_library_fit_on_cuda_matches_the_cpu():
 def test_z_err_is_the_delta_chi2_of_one_half_width():
     from zfast.template_fit import _chi2, _weights, library_fit_redshift
 
-    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("white", snr=(5.0, 20.0)), n=16, seed=11)
+    library, instrument, flux, ivar, _, _ = _spectra(zfast.NoiseModel("white", snr=(5.0, 20.0)), n=16, seed=11)
     fit = library_fit_redshift(library, instrument, flux, ivar, torch.arange(0, len(library), 5))
     assert (fit["z_err"] > 0).all()
     weight, f = _weights(flux.double(), ivar.double())
@@ -139,7 +139,7 @@ def test_z_err_is_the_delta_chi2_of_one_half_width():
 def test_library_fit_picks_the_valley_of_the_sed_marginalised_likelihood():
     from zfast.template_fit import library_fit_redshift
 
-    library, instrument, flux, ivar, z, _ = _spectra(zfast.NoiseModel("white", snr=(2.0, 2.0)), n=48, seed=21)
+    library, instrument, flux, ivar, _, _ = _spectra(zfast.NoiseModel("white", snr=(2.0, 2.0)), n=48, seed=21)
     seds = torch.arange(0, len(library), 3)
     step = 4e-3
     fit = library_fit_redshift(library, instrument, flux, ivar, seds, step=step)
