@@ -64,8 +64,15 @@ def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Ten
         p = torch.softmax(logits / temperature, dim=1)
         lo68, hi68 = cdf_quantiles(p / p.sum(dim=1, keepdim=True), bin_edges, (0.16, 0.84)).unbind(dim=1)
         covered.append(((lo68 <= z) & (z <= hi68)).double())
-    covered = torch.stack(covered)  # [T, B]
-    n_bins = edges.numel() - 1
+    temperatures, counts = pick_temperatures(torch.stack(covered), k, edges.numel() - 1, TEMPERATURES, level)
+    return {"snr_edges": edges, "temperatures": temperatures, "counts": counts,
+            "calibration_version": torch.tensor(CALIBRATION_VERSION)}  # fmt: skip
+
+
+def pick_temperatures(covered: torch.Tensor, k: torch.Tensor, n_bins: int, grid: tuple, level: float = 0.68) -> tuple:
+    """(temperatures [n_bins], counts [n_bins]): for each SNR bin with at least ``MIN_SPECTRA`` spectra, the value of
+    ``grid`` whose intervals cover closest to ``level``, from ``covered`` [len(grid), B] (1 where spectrum b's interval
+    at grid[t] holds its z) and the spectra's bins ``k`` [B]; other bins take the nearest fitted bin's (1 if none)."""
     temperatures = torch.ones(n_bins, dtype=torch.float64)
     counts = torch.zeros(n_bins, dtype=torch.int64)
     fitted = []
@@ -77,13 +84,12 @@ def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Ten
             # Only the informative branch: coverage grows with T until P(z) is so flat that the interval spans
             # the whole range, after which it falls back towards 68 % (any flat P "covers" 68 % of uniform z).
             informative = int(coverage.argmax()) + 1
-            temperatures[b] = TEMPERATURES[int((coverage[:informative] - level).abs().argmin())]
+            temperatures[b] = grid[int((coverage[:informative] - level).abs().argmin())]
             fitted.append(b)
     for b in range(n_bins):
         if fitted and b not in fitted:
             temperatures[b] = temperatures[min(fitted, key=lambda f: (abs(f - b), f))]
-    return {"snr_edges": edges, "temperatures": temperatures, "counts": counts,
-            "calibration_version": torch.tensor(CALIBRATION_VERSION)}  # fmt: skip
+    return temperatures, counts
 
 
 def calibrated_summary(logits: torch.Tensor, snr: Optional[torch.Tensor], calibration: Optional[dict],

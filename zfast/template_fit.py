@@ -99,10 +99,11 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     valley ~2.5 times) scores every SED at every z in float32 matmuls (templates are rendered once per z and shared
     by a chunk of ``chunk`` spectra). The valley is the coarse z with the largest likelihood summed over the SEDs,
     Σ_s exp(-χ²_s(z)/2) (the SED marginalised with a uniform prior; noiseless spectra, with no χ² scale, take the
-    smallest χ², as do all with ``marginalise=False``: for an ivar known only up to a factor). There the two best (z, SED) pairs of that point and its two neighbours (three best SEDs at each
-    z), and, for the intervals, the ``n_refine`` best pairs of the whole grid, are each refined on grids 20x and 400x
-    finer with their SED, in float64 (as ``template_fit_redshift``); the lowest χ² of the pairs within two coarse
-    steps of the chosen valley wins (noiseless: of all pairs). Why several pairs: on the coarse grid the true z falls between points, where a
+    smallest χ², as do all with ``marginalise=False``: for an ivar known only up to a factor). There the two best
+    (z, SED) pairs of that point and its two neighbours (three best SEDs at each z), and, for the intervals, the
+    ``n_refine`` best pairs of the whole grid, are each refined on grids 20x and 400x finer with their SED, in
+    float64 (as ``template_fit_redshift``); the lowest χ² of the pairs within two coarse steps of the chosen valley
+    wins (noiseless: of all pairs). Why several pairs: on the coarse grid the true z falls between points, where a
     noiseless spectrum's own SED can score worse than a neighbour that happens to fit there (measured: 1 of 12
     spectra with the true SED among 42 at step 4e-3, with a single pair refined).
 
@@ -253,7 +254,7 @@ def calibrate_fit_temperatures(fit: dict, z: torch.Tensor, snr: torch.Tensor) ->
     temperature of ``FIT_TEMPERATURES`` whose 68 % intervals (``fit_quantiles``) cover closest to 68 % of the true
     ``z`` of these (validation) spectra, on the branch where coverage still grows with T; bins with fewer than
     ``MIN_SPECTRA`` spectra take the nearest fitted bin's (as ``zfast.calibration.fit_temperatures``)."""
-    from .calibration import MIN_SPECTRA, SNR_EDGES, _bins
+    from .calibration import SNR_EDGES, _bins, pick_temperatures
 
     edges = torch.tensor(SNR_EDGES, dtype=torch.float64)
     k = _bins(torch.nan_to_num(snr.double().cpu(), nan=0.0), edges)
@@ -262,22 +263,7 @@ def calibrate_fit_temperatures(fit: dict, z: torch.Tensor, snr: torch.Tensor) ->
     for temperature in FIT_TEMPERATURES:
         lo68, hi68 = fit_quantiles(fit, temperature).unbind(dim=1)
         covered.append(((lo68 <= z) & (z <= hi68)).double())
-    covered = torch.stack(covered)
-    n_bins = edges.numel() - 1
-    temperatures = torch.ones(n_bins, dtype=torch.float64)
-    counts = torch.zeros(n_bins, dtype=torch.int64)
-    fitted = []
-    for b in range(n_bins):
-        members = k == b
-        counts[b] = int(members.sum())
-        if counts[b] >= MIN_SPECTRA:
-            coverage = covered[:, members].mean(dim=1)
-            informative = int(coverage.argmax()) + 1
-            temperatures[b] = FIT_TEMPERATURES[int((coverage[:informative] - 0.68).abs().argmin())]
-            fitted.append(b)
-    for b in range(n_bins):
-        if fitted and b not in fitted:
-            temperatures[b] = temperatures[min(fitted, key=lambda f: (abs(f - b), f))]
+    temperatures, counts = pick_temperatures(torch.stack(covered), k, edges.numel() - 1, FIT_TEMPERATURES)
     return {"snr_edges": edges, "temperatures": temperatures, "counts": counts}
 
 
