@@ -267,7 +267,8 @@ def _score_peer(results: dict, results_path: Path, key: str, sets: dict, first, 
     entry = results.setdefault(key, {})
     started = time.perf_counter()
     for (split, condition), (flux, ivar, z, sed) in sets.items():
-        if all(m in entry.get(f"{split}/{condition}", {"": None}) for m in needs):
+        done = entry.get(f"{split}/{condition}")
+        if done is not None and all(m in done for m in needs):
             continue
         instrument = Instrument.preset(first.instrument, CONDITIONS[condition if condition != EUCLID_TARGET else "euclid"])
         out = fit(instrument, flux, ivar, sed)

@@ -524,7 +524,7 @@ def predict(model: Union[RedshiftModel, EnsembleModel, str, os.PathLike, list], 
     Returns:
         dict of CPU tensors [B]: z, z_err, z_lo68, z_hi68 (float64), valid_fraction, snr, ood_score, p_outside
         (float64), flag_z_range, flag_few_pixels, flag_ood (bool), and pz [B, K] float32 when asked (see the module
-        docstring for their meaning); with ``templates`` the three template columns. Rows stay in input order;
+        docstring for their meaning); with ``templates`` the four template columns (TEMPLATE_COLUMNS). Rows stay in input order;
         none are dropped.
     """
     if isinstance(model, (list, tuple)):

@@ -112,7 +112,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     error, right only for a perfect template and the true ivar), "modes" (dict of [B, n_refine + 2]: "z", "sed",
     "chi2", "sigma" of every refined pair, for ``fit_quantiles``), "z_grid" [K], "chi2_grid" [B, K] (float32 maths,
     any flux units: the best SED's χ² minus Σ w f² at each coarse z) and "log_like_grid" [B, K] (log Σ_s exp(-χ²_s/2)
-    at each coarse z, up to a constant per spectrum).
+    at each coarse z, up to a constant per spectrum; NaN when no spectrum of the call is marginalised).
     """
     flux, ivar = flux.double(), ivar.double()
     if flux.dim() != 2 or ivar.shape != flux.shape or flux.shape[1] != instrument.n_pixels:
@@ -133,7 +133,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     top = min(3, seds.numel())
     chi2_top = torch.empty(b, n_coarse, top, dtype=torch.float32, device=device)
     sed_top = torch.empty(b, n_coarse, top, dtype=torch.int64, device=device)
-    log_like = torch.empty(b, n_coarse, dtype=torch.float32, device=device)  # log Σ_SED exp(-χ²/2) per coarse z
+    log_like = torch.full((b, n_coarse), math.nan, dtype=torch.float32, device=device)  # log Σ_SED exp(-χ²/2) per z
     # The coarse stage runs in float32: scale each spectrum's weights and flux to ~1 first (its argmin over z and
     # SED does not change; unscaled, ivar of f_λ in erg s⁻¹ cm⁻² Å⁻¹ ~ 1e34 and χ² terms ~ 1e-61 under/overflow).
     w_scale = torch.where(weight > 0, weight, math.nan).nanmedian(dim=1, keepdim=True).values.nan_to_num(1.0)
@@ -143,6 +143,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     to_chi2 = (w_scale * f_scale.square()).float()  # scaled χ² -> χ² in the spectrum's own ivar units
     # Noiseless spectra (ivar = inf: unit weights) have no χ² scale to marginalise with: the best SED alone decides.
     marginal = ~torch.isinf(ivar.to(device)).any(dim=1) & marginalise
+    any_marginal = bool(marginal.any())  # else no log-sum-exp pass over every (spectrum, SED) score in the loop
     for k, zk in enumerate(grid.tolist()):
         templates = instrument.convolve_lsf(library.redshift_resample(seds, torch.full((seds.numel(),), zk, device=device), edges))
         squares = templates.square()
@@ -153,7 +154,8 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
             chi = -cross.square() / power.clamp_min(1e-30)
             value, which = chi.topk(top, dim=1, largest=False)
             chi2_top[rows, k], sed_top[rows, k] = value, which
-            log_like[rows, k] = torch.logsumexp(chi * (-0.5 * to_chi2[rows]), dim=1)
+            if any_marginal:
+                log_like[rows, k] = torch.logsumexp(chi * (-0.5 * to_chi2[rows]), dim=1)
         if progress is not None:
             progress(k + 1, n_coarse)
     # Which valley: the z of the largest likelihood summed over the SEDs (a uniform prior over the library; measured on
