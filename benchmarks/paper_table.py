@@ -23,8 +23,9 @@ Euclid-like spectra the survey targets (Hα + [NII] above its 2e-16 erg s⁻¹ c
 * chi2: the information limit, ``zfast.template_fit.template_fit_redshift`` on the very same test spectra.
 * library_fit: the classical peer, ``zfast.template_fit.library_fit_redshift``: each test spectrum fitted with every
   training SED at every z (free amplitude), no network (~2.5 min per 2048 spectra on 2 CPU cores); its 68 / 95 %
-  intervals from the tempered χ² (``fit_quantiles``), temperatures per SNR bin fitted once on 7,168 spectra of the
-  validation SEDs (``library_fit_calibration``, ~9 min on 2 cores).
+  intervals from the tempered χ² (``fit_quantiles``), temperatures per SNR bin and group (``fit_groups``: the share of the
+  marginal likelihood in the chosen valley; noiseless: the reduced χ²), times the reduced χ² where the noise is known
+  (``fit_scale``), fitted once on 7,168 spectra of the validation SEDs (``library_fit_calibration``, ~9 min on 2 cores).
 Every run is a zfast-train run in ``--work/<name>``; a finished run (its metrics.json exists) is reused, so an
 interrupted table resumes. ``--quick`` is the CPU setting (900 steps of 256 spectra, as zfast-train's quick
 preset); without it, 10,000 steps (a GPU). Results: <out>/paper_table.json, paper_table.md, size_study.png.
@@ -54,7 +55,9 @@ from zfast.metrics import redshift_metrics
 from zfast.models import build_model
 from zfast.template_fit import (
     calibrate_fit_temperatures,
+    fit_groups,
     fit_quantiles,
+    fit_scale,
     fit_temperature,
     library_fit_redshift,
     template_fit_redshift,
@@ -283,26 +286,29 @@ CALIBRATION_SEED = 47_000  # the template fit's calibration spectra (validation 
 
 
 def library_fit_calibration(results: dict, results_path: Path, first, library, train_seds) -> dict:
-    """The template fit's per-SNR temperatures (``zfast.template_fit.calibrate_fit_temperatures``), fitted once per
+    """The template fit's temperatures per SNR bin and group (``zfast.template_fit.calibrate_fit_temperatures``), fitted once per
     json (results["library_fit_calibration"]) on spectra of the *validation* SEDs: 4096 with the training noise
     (white, SNR 3-30), 2048 Euclid-like, 1024 noiseless — as a network's calibration set, plus the Euclid-like ones
     (the fit trains on nothing, so nothing says which noise it will meet)."""
     stored = results.get("library_fit_calibration")
-    if stored:
+    if stored and "n_groups" in stored:  # else one from before the calibration groups: refit
         return {k: torch.tensor(v) for k, v in stored.items()}
     started = time.perf_counter()
-    fits, zs, snrs = [], [], []
+    fits, zs, snrs, groups, scales = [], [], [], [], []
     for i, (noise, n) in enumerate([(train.make_instrument(first).noise, 4096), (NoiseModel("euclid"), 2048), (NoiseModel("none"), 1024)]):
         instrument = Instrument.preset(first.instrument, noise)
         flux, ivar, z, _ = train.augmented(first, library, instrument, "val").fixed_set(n, seed=CALIBRATION_SEED + i)
         fits.append(library_fit_redshift(library, instrument, flux, ivar, train_seds, (first.z_min, first.z_max)))
+        groups.append(fit_groups(fits[-1]))
+        scales.append(fit_scale(fits[-1]))
         zs.append(z)
         snrs.append(spectrum_snr(ivar))
     merged = {"modes": {k: torch.cat([f["modes"][k] for f in fits]) for k in fits[0]["modes"]}}
-    calibration = calibrate_fit_temperatures(merged, torch.cat(zs), torch.cat(snrs))
+    calibration = calibrate_fit_temperatures(merged, torch.cat(zs), torch.cat(snrs), torch.cat(groups), torch.cat(scales))
     results["library_fit_calibration"] = {k: v.tolist() for k, v in calibration.items()}
+    results.pop("library_fit", None)  # its intervals came from another calibration: score it again
     print(f"[library_fit] calibration on {sum(z.numel() for z in zs)} validation spectra: {time.perf_counter() - started:.0f} s, "
-          f"temperatures {[f'{t:.3g}' for t in calibration['temperatures'].tolist()]}", file=sys.stderr)  # fmt: skip
+          f"temperatures {[f'{t:.3g}' for t in calibration['temperatures'].reshape(-1).tolist()]}", file=sys.stderr)  # fmt: skip
     _write(results_path, results)
     return calibration
 
@@ -384,7 +390,8 @@ def main(argv=None) -> int:
 
     def library_fit(instrument, flux, ivar, sed):
         fit = library_fit_redshift(library, instrument, flux, ivar, train_seds, z_range)
-        lo68, hi68, lo95, hi95 = fit_quantiles(fit, fit_temperature(calibration, spectrum_snr(ivar)), LEVELS).unbind(dim=1)
+        temperature = fit_temperature(calibration, spectrum_snr(ivar), fit_groups(fit), fit_scale(fit))
+        lo68, hi68, lo95, hi95 = fit_quantiles(fit, temperature, LEVELS).unbind(dim=1)
         return dict(z_pred=fit["z"], lo68=lo68, hi68=hi68, lo95=lo95, hi95=hi95)
 
     _score_peer(results, results_path, "library_fit", sets, first, library_fit, needs=("coverage68",))

@@ -210,3 +210,76 @@ def test_fit_temperatures_recover_the_width_that_covers_68_percent():
     for part in (snr < math.inf, snr == math.inf):
         coverage = ((lo <= z) & (z <= hi))[part].double().mean()
         assert abs(coverage - 0.68) < 0.03
+
+
+def test_fit_confidence_is_the_likelihood_share_of_the_chosen_valley():
+    from zfast.template_fit import fit_confidence
+
+    grid = 1.0 + 2e-3 * (torch.arange(400, dtype=torch.float64) + 0.5)
+    g = torch.Generator().manual_seed(11)
+    share = 0.2 + 0.75 * torch.rand(5, dtype=torch.float64, generator=g)
+    z1 = 1.05 + 0.3 * torch.rand(5, dtype=torch.float64, generator=g)
+    z2 = z1 + 0.3  # far outside ±0.01(1 + z)
+    like = (share[:, None] * torch.exp(-0.5 * ((grid - z1[:, None]) / 3e-3) ** 2)
+            + (1 - share[:, None]) * torch.exp(-0.5 * ((grid - z2[:, None]) / 3e-3) ** 2))
+    log_like = (like + 1e-300).log() + 123.0  # any constant per spectrum
+    log_like = torch.cat([log_like, torch.full((1, 400), math.nan, dtype=torch.float64)])
+    fit = {"log_like_grid": log_like.float(), "z_grid": grid, "z": torch.cat([z1, torch.tensor([1.3], dtype=torch.float64)])}
+    confidence = fit_confidence(fit)
+    torch.testing.assert_close(confidence[:5], share, rtol=0, atol=2e-3)
+    assert confidence[5] == 1.0  # not marginalised: no competing valleys known
+    # A narrower window holds less of a 3e-3-wide valley: ±0.001·(1 + z) ≈ ±0.7σ of it.
+    narrow = fit_confidence(fit, width=0.001)[:5] / share
+    assert (narrow > 0.35).all() and (narrow < 0.75).all()
+
+
+def test_calibration_groups_calibrate_two_populations_at_one_snr():
+    """At one SNR, spectra with one valley (true errors 0.5x the formal σ) and spectra whose valley is wrong half the
+    time (the true z 30σ away): one temperature per SNR bin cannot cover 68 % of both; one per group (``fit_groups``: confidence bins) can."""
+    from zfast.template_fit import N_GROUPS, calibrate_fit_temperatures, fit_quantiles, fit_temperature
+
+    g = torch.Generator().manual_seed(6)
+    n = 4000
+    sigma = torch.full((n, 2), 2e-4, dtype=torch.float64)
+    centre = 1.1 + 0.6 * torch.rand(n, 1, dtype=torch.float64, generator=g)
+    other = centre + 0.1
+    sure = torch.arange(n) < n // 2
+    groups = torch.where(sure, 3, 1)  # confidence > 0.99 and 0.5-0.9
+    snr = torch.full((n,), 1.5, dtype=torch.float64)
+    wrong = ~sure & (torch.rand(n, generator=g) < 0.5)
+    truth = torch.where(wrong[:, None], other, centre)
+    z = (truth + torch.where(sure, 0.5, 1.0)[:, None] * 2e-4 * torch.randn(n, 1, dtype=torch.float64, generator=g))[:, 0]
+    chi2 = torch.stack([torch.zeros(n, dtype=torch.float64), torch.where(sure, 40.0, 1.0).double()], dim=1)
+    fit = {"modes": {"z": torch.cat([centre, other], dim=1), "chi2": chi2, "sigma": sigma, "sed": torch.tensor([[0, 1]]).expand(n, 2)}}
+
+    def coverages(t):
+        lo, hi = fit_quantiles(fit, t).unbind(dim=1)
+        covered = ((lo <= z) & (z <= hi)).double()
+        return covered[sure].mean().item(), covered[~sure].mean().item()
+
+    per_snr = calibrate_fit_temperatures(fit, z, snr)
+    both = calibrate_fit_temperatures(fit, z, snr, groups)
+    assert both["temperatures"].shape == (N_GROUPS, 8) and both["counts"].sum() == n
+    assert max(abs(c - 0.68) for c in coverages(fit_temperature(per_snr, snr))) > 0.05
+    t = fit_temperature(both, snr, groups)
+    assert all(abs(c - 0.68) < 0.03 for c in coverages(t))
+    assert t[sure].max() < t[~sure].min()
+    # Groups without spectra take the nearest fitted group of their kind; a scale multiplies the temperature.
+    assert torch.equal(both["temperatures"][0], both["temperatures"][1]) and torch.equal(both["temperatures"][2], both["temperatures"][3])
+    torch.testing.assert_close(fit_temperature(both, snr, groups, torch.full((n,), 3.0, dtype=torch.float64)), 3 * t)
+    with pytest.raises(ValueError, match="groups"):
+        fit_temperature(both, snr)
+
+
+def test_fit_groups_and_scale():
+    from zfast.template_fit import fit_groups, fit_scale
+
+    grid = 1.0 + 2e-3 * (torch.arange(400, dtype=torch.float64) + 0.5)
+    z = torch.tensor([1.2, 1.2, 1.5, 1.5, 1.5], dtype=torch.float64)
+    log_like = -0.5 * ((grid - 1.2) / 2e-3) ** 2 + torch.zeros(5, 1, dtype=torch.float64)  # one valley at 1.2
+    log_like[1] = torch.logaddexp(log_like[1], -0.5 * ((grid - 1.6) / 2e-3) ** 2 + math.log(0.4 / 0.6))  # 60 % at 1.2
+    log_like[2:] = math.nan  # noiseless rows
+    rchi2 = torch.tensor([1.5, 0.9, 1e-4, 8e-4, 5e-3], dtype=torch.float64)
+    fit = {"log_like_grid": log_like.float(), "z_grid": grid, "z": z, "rchi2": rchi2}
+    assert fit_groups(fit).tolist() == [3, 1, 4, 6, 7]
+    assert fit_scale(fit).tolist() == [1.5, 0.9, 1.0, 1.0, 1.0]
