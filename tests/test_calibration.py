@@ -34,7 +34,7 @@ def test_each_snr_bin_gets_the_temperature_that_calibrates_it():
     raw = torch.softmax(logits, dim=1)
     low, high = snr < 10, snr >= 10
     assert _coverage(raw[low], edges, z[low]) > 0.95 and _coverage(raw[high], edges, z[high]) < 0.45
-    calibration = fit_temperatures(logits, z, edges, snr)
+    calibration = fit_temperatures(logits, z, edges, snr, by_peak=False)
     t = calibration["temperatures"]
     k_low = [i for i in range(len(SNR_EDGES) - 1) if SNR_EDGES[i] <= 7 < SNR_EDGES[i + 1]][0]
     k_high = [i for i in range(len(SNR_EDGES) - 1) if SNR_EDGES[i] <= 25 < SNR_EDGES[i + 1]][0]
@@ -43,7 +43,7 @@ def test_each_snr_bin_gets_the_temperature_that_calibrates_it():
     # Empty bins take the nearest fitted bin's temperature (the lower one on a tie); with no data at all, T = 1.
     assert calibration["counts"][0] == 0 and calibration["counts"][-1] == 0
     assert t[0] == t[k_low] and t[-1] == t[k_high]
-    empty = fit_temperatures(logits[:10], z[:10], edges, snr[:10])
+    empty = fit_temperatures(logits[:10], z[:10], edges, snr[:10], by_peak=False)
     assert torch.equal(empty["temperatures"], torch.ones(len(SNR_EDGES) - 1))
     fresh_mu = z + 0.004 * torch.randn(n, generator=g, dtype=torch.float64)  # fresh errors: no fitting to noise
     fresh = torch.cat([_gaussian_logits(fresh_mu[i:i + 1], float(sigma_pred[i]), edges) for i in range(n)])
@@ -67,7 +67,7 @@ def test_a_flat_uninformative_p_is_never_the_calibration():
     s = pz_summary(flat, edges)
     assert (s.hi68 - s.lo68).median() > 0.3 and abs(_coverage(flat, edges, z) - 0.68) < 0.1
     assert _coverage(torch.softmax(logits / 0.001, dim=1), edges, z) > 0.95
-    calibration = fit_temperatures(logits, z, edges, torch.full((n,), 25.0, dtype=torch.float64))
+    calibration = fit_temperatures(logits, z, edges, torch.full((n,), 25.0, dtype=torch.float64), by_peak=False)
     k = next(i for i in range(len(SNR_EDGES) - 1) if SNR_EDGES[i] <= 25 < SNR_EDGES[i + 1])
     t = float(calibration["temperatures"][k])
     s = pz_summary(torch.softmax(logits / t, dim=1), edges)
@@ -105,3 +105,39 @@ def test_a_temperature_never_moves_the_point_estimate():
     assert (sharp.z_mode - z).abs().max() > (plain.z_mode - z).abs().max()  # the sharpened one is not
     probs, summary = calibrated_summary(logits, None, calibration, edges)  # no SNR: plain softmax
     torch.testing.assert_close(probs, torch.softmax(logits, dim=1))
+
+
+def test_peak_groups_calibrate_two_kinds_of_p_at_one_snr():
+    """At one SNR, single-peaked P(z) that are 2x too narrow and two-peaked P(z) whose truth is in the lesser peak half
+    the time: one temperature per SNR bin cannot cover 68 % of both, one per peak group (``peak_share``) can."""
+    from zfast.calibration import PEAK_EDGES, peak_share
+
+    g = torch.Generator().manual_seed(4)
+    edges = redshift_bin_edges(1.0, 1.8, 800)
+    n = 4000
+    single = torch.arange(n) < n // 2
+    z = 1.1 + 0.5 * torch.rand(n, generator=g, dtype=torch.float64)
+    mu = z + torch.where(single, 0.004, 0.002) * torch.randn(n, generator=g, dtype=torch.float64)
+    flip = ~single & (torch.rand(n, generator=g) < 0.5)
+    first = torch.where(flip, mu + 0.15, mu)  # the bigger peak: on the truth, or 0.15 away from it
+    logits = torch.cat([torch.logaddexp(_gaussian_logits(first[i:i + 1], 0.002, edges),
+                                        _gaussian_logits(first[i:i + 1] - 0.15 if flip[i] else first[i:i + 1] + 0.15, 0.002, edges)
+                                        + (-1e3 if single[i] else math.log(0.4 / 0.6)))
+                        for i in range(n)])  # fmt: skip
+    probs = torch.softmax(logits, dim=1)
+    share = peak_share(probs, edges)
+    assert (share[single] > 0.99).all() and ((share[~single] > 0.5) & (share[~single] < 0.9)).all()
+    snr = torch.full((n,), 7.0, dtype=torch.float64)
+
+    def coverages(p):
+        s = pz_summary(p, edges)
+        covered = ((s.lo68 <= z) & (z <= s.hi68)).double()
+        return covered[single].mean().item(), covered[~single].mean().item()
+
+    per_snr = fit_temperatures(logits, z, edges, snr, by_peak=False)
+    assert max(abs(c - 0.68) for c in coverages(calibrated_probs(logits, snr, per_snr))) > 0.05
+    grouped = fit_temperatures(logits, z, edges, snr)
+    assert grouped["temperatures"].shape == (len(PEAK_EDGES) - 1, len(SNR_EDGES) - 1)
+    assert all(abs(c - 0.68) < 0.03 for c in coverages(calibrated_probs(logits, snr, grouped, edges)))
+    with pytest.raises(ValueError, match="bin_edges"):
+        calibrated_probs(logits, snr, grouped)

@@ -448,7 +448,7 @@ def ensemble_outputs(model: EnsembleModel, flux: torch.Tensor, snr: Optional[tor
         logits, out = split_outside(output, member.outside)
         plain = plain + torch.softmax(logits.double(), dim=1)
         if "temperatures" not in model.stats:
-            calibrated = calibrated + calibrated_probs(logits, snr, member.stats)
+            calibrated = calibrated + calibrated_probs(logits, snr, member.stats, member.bin_edges)
         outside.append(torch.sigmoid(out.double()) if out is not None else torch.full_like(logits[:, 0], math.nan, dtype=torch.float64))
         if has_ood:
             scores.append(ood_scores(features, member.stats))
@@ -456,7 +456,7 @@ def ensemble_outputs(model: EnsembleModel, flux: torch.Tensor, snr: Optional[tor
     n = len(model.members)
     plain = plain / n
     if "temperatures" in model.stats:
-        calibrated = calibrated_probs(torch.log(plain.clamp_min(1e-300)), snr, model.stats)
+        calibrated = calibrated_probs(torch.log(plain.clamp_min(1e-300)), snr, model.stats, model.bin_edges)
     else:
         calibrated = calibrated / n
     result = dict(plain=plain, calibrated=calibrated, p_outside=torch.stack(outside).nanmean(dim=0))

@@ -233,7 +233,7 @@ def fit_quantiles(fit: dict, temperature, levels=(0.16, 0.84)) -> torch.Tensor:
     exp(-χ²(z) / 2T) of ``library_fit_redshift``'s refined (z, SED) pairs (``fit["modes"]``), each χ² valley taken as
     a parabola: a mixture of normals N(z_j, T σ_j²), with weight σ_j √T exp(-(χ²_j - χ²_min) / 2T) (the valley's
     integral), pairs at the same z with the same SED counted once. T = 1 is the formal likelihood with the true noise
-    and a perfect template; ``calibrate_fit_temperatures`` fits T per SNR bin."""
+    and a perfect template; ``calibrate_fit_temperatures`` fits T per SNR bin and group."""
     modes = fit["modes"]
     z, chi2, sigma, sed = (modes[k].double() if k != "sed" else modes[k] for k in ("z", "chi2", "sigma", "sed"))
     temperature = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1, 1)

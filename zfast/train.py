@@ -731,7 +731,8 @@ def build_ensemble(checkpoints: list, path: Path, device: str = "auto") -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, {"ensemble_version": 1, "members": members, "sources": [str(p) for p in checkpoints],
                            "predict_stats": stats})  # fmt: skip
-    print(f"ensemble of {len(members)} -> {path}; temperatures per SNR bin {[round(float(t), 4) for t in stats['temperatures']]}",
+    print(f"ensemble of {len(members)} -> {path}; temperatures per P(z) peak group and SNR bin "
+          f"{[[round(float(t), 4) for t in row] for row in stats['temperatures'].reshape(-1, len(stats['snr_edges']) - 1)]}",
           file=sys.stderr)  # fmt: skip
     return stats
 
