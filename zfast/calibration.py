@@ -18,6 +18,9 @@ such model's noiseless bin, 0.53 wide intervals; measured). zfast-train fits it 
 ``zfast.predict`` apply it. The fit's own sampling error matters: the coverage of n spectra scatters by
 sqrt(0.68 · 0.32 / n), 3.6 points with the ~170 per bin of a 1024-spectrum set, so zfast-train fits to a set of its own
 (``--n-calibration``, by default 8 x n_val within 1024-8192: ~1,000 per bin, 1.5 points). A sharper P(z) (T < 1) also moves no point estimate: the mode stays in its bin.
+Since CALIBRATION_VERSION 3 the bins are SNR × peak group (``PEAK_EDGES`` of ``peak_share``, the share of the plain
+P(z) near its peak): one temperature per SNR bin fixed only the average of spectra whose P(z) has one peak and those
+whose P(z) has several, and a test set with another mix (Euclid-like noise, the held-out recipe) missed.
 """
 
 from __future__ import annotations
