@@ -68,11 +68,6 @@ def peak_share(probs: torch.Tensor, bin_edges: torch.Tensor, width: float = 0.01
     return (probs.double() * inside).sum(dim=1) / probs.double().sum(dim=1)
 
 
-def _groups(logits: torch.Tensor, bin_edges: torch.Tensor) -> torch.Tensor:
-    share = peak_share(torch.softmax(logits.double(), dim=1), bin_edges)
-    return _bins(share.cpu(), torch.tensor(PEAK_EDGES, dtype=torch.float64)).to(logits.device)
-
-
 def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Tensor, snr: torch.Tensor,
                      by_peak: bool = True) -> dict:  # fmt: skip
     """{"snr_edges", "temperatures", "counts", "calibration_version"} (+ "peak_edges"): per SNR bin — and, with
@@ -98,13 +93,10 @@ def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Ten
     if not by_peak:
         out["temperatures"], out["counts"] = pick_temperatures(covered, k, n_snr, TEMPERATURES, level)
         return out
-    group = _groups(logits, bin_edges)
-    rows = [pick_temperatures(covered[:, group == g], k[group == g], n_snr, TEMPERATURES, level) for g in range(len(PEAK_EDGES) - 1)]
-    counts = torch.stack([count for _, count in rows])
-    fitted = [g for g in range(len(rows)) if (counts[g] >= MIN_SPECTRA).any()]
-    out["temperatures"] = torch.stack([rows[min(fitted, key=lambda f: (abs(f - g), -f)) if fitted else g][0] for g in range(len(rows))])
-    out["counts"] = counts
-    out["peak_edges"] = torch.tensor(PEAK_EDGES, dtype=torch.float64)
+    peak_edges = torch.tensor(PEAK_EDGES, dtype=torch.float64)
+    group = _bins(peak_share(torch.softmax(logits, dim=1), bin_edges), peak_edges)
+    out["temperatures"], out["counts"] = pick_grouped_temperatures(covered, k, group, len(PEAK_EDGES) - 1, n_snr, TEMPERATURES, level)
+    out["peak_edges"] = peak_edges
     return out
 
 
@@ -129,6 +121,23 @@ def pick_temperatures(covered: torch.Tensor, k: torch.Tensor, n_bins: int, grid:
         if fitted and b not in fitted:
             temperatures[b] = temperatures[min(fitted, key=lambda f: (abs(f - b), f))]
     return temperatures, counts
+
+
+def pick_grouped_temperatures(covered: torch.Tensor, k: torch.Tensor, group: torch.Tensor, n_groups: int, n_bins: int,
+                              grid: tuple, level: float = 0.68, kinds: Optional[list] = None) -> tuple:  # fmt: skip
+    """(temperatures [n_groups, n_bins], counts [n_groups, n_bins]): ``pick_temperatures`` within each group
+    (``group`` [B] in [0, n_groups)); a group with no SNR bin of at least ``MIN_SPECTRA`` spectra takes the
+    temperatures of the nearest group that has one (the higher on a tie), of the same kind when ``kinds`` [n_groups]
+    names kinds and one of its kind has."""
+    rows = [pick_temperatures(covered[:, group == g], k[group == g], n_bins, grid, level) for g in range(n_groups)]
+    counts = torch.stack([count for _, count in rows])
+    kinds = kinds or [0] * n_groups
+    fitted = [g for g in range(n_groups) if (counts[g] >= MIN_SPECTRA).any()]
+    temperatures = []
+    for g in range(n_groups):
+        near = [f for f in fitted if kinds[f] == kinds[g]] or fitted or [g]
+        temperatures.append(rows[min(near, key=lambda f: (abs(f - g), -f))][0])
+    return torch.stack(temperatures), counts
 
 
 def calibrated_summary(logits: torch.Tensor, snr: Optional[torch.Tensor], calibration: Optional[dict],

@@ -41,7 +41,6 @@ import math
 
 import torch
 
-from .calibration import MIN_SPECTRA
 from .data.instrument import Instrument
 from .data.sed_library import SEDLibrary
 
@@ -274,11 +273,16 @@ def fit_confidence(fit: dict, width: float = 0.01) -> torch.Tensor:
     """[B]: the share of the SED-marginalised likelihood (``fit["log_like_grid"]``, T = 1, uniform prior over the
     coarse z grid) within ±width·(1 + z) of the fitted z: near 1 when one valley dominates, low when other z compete.
     1 for rows fitted without marginalising (noiseless, ``marginalise=False``: NaN log_like_grid)."""
-    log_like = fit["log_like_grid"].double()
-    grid, z = fit["z_grid"].double().to(log_like.device), fit["z"].double().to(log_like.device)
+    log_like = fit["log_like_grid"].double().cpu()
+    grid, z = fit["z_grid"].double().cpu(), fit["z"].double().cpu()
     inside = (grid[None, :] - z[:, None]).abs() <= width * (1 + z[:, None])
     share = (torch.softmax(log_like.nan_to_num(0.0), dim=1) * inside).sum(dim=1)
-    return torch.where(torch.isnan(log_like).any(dim=1), 1.0, share)
+    return torch.where(_marginalised(fit), share, 1.0)
+
+
+def _marginalised(fit: dict) -> torch.Tensor:
+    """[B] bool: rows whose valley was chosen by the SED-marginalised likelihood (finite log_like_grid)."""
+    return ~torch.isnan(fit["log_like_grid"]).any(dim=1).cpu()
 
 
 def fit_groups(fit: dict) -> torch.Tensor:
@@ -286,7 +290,7 @@ def fit_groups(fit: dict) -> torch.Tensor:
     (``CONFIDENCE_EDGES``) if it was marginalised, else 4 + its reduced-χ² bin (``NOISELESS_RCHI2_EDGES``)."""
     from .calibration import _bins
 
-    marginal = ~torch.isnan(fit["log_like_grid"]).any(dim=1).cpu()
+    marginal = _marginalised(fit)
     by_confidence = _bins(fit_confidence(fit).cpu(), torch.tensor(CONFIDENCE_EDGES, dtype=torch.float64))
     by_rchi2 = _bins(fit["rchi2"].double().cpu().nan_to_num(0.0), torch.tensor(NOISELESS_RCHI2_EDGES, dtype=torch.float64))
     return torch.where(marginal, by_confidence, len(CONFIDENCE_EDGES) - 1 + by_rchi2)
@@ -297,8 +301,7 @@ def fit_scale(fit: dict) -> torch.Tensor:
     (marginalised rows: a template that fits worse than the noise widens its valleys, as the classical error ×
     sqrt(χ²_ν)), 1 for the others (noiseless: grouped by it instead). Measured on the table's sets with confidence
     groups: held-out recipe SNR 10 coverage 71.8 -> 69.2 %, test 69.5 -> 67.5 %."""
-    marginal = ~torch.isnan(fit["log_like_grid"]).any(dim=1).cpu()
-    return torch.where(marginal, fit["rchi2"].double().cpu(), 1.0)
+    return torch.where(_marginalised(fit), fit["rchi2"].double().cpu(), 1.0)
 
 
 def calibrate_fit_temperatures(fit: dict, z: torch.Tensor, snr: torch.Tensor, groups: torch.Tensor | None = None,
@@ -311,7 +314,7 @@ def calibrate_fit_temperatures(fit: dict, z: torch.Tensor, snr: torch.Tensor, gr
     With ``groups`` ([B] int64 in [0, N_GROUPS), ``fit_groups``) the bins are group × SNR ("temperatures" and
     "counts" [N_GROUPS, n_snr], "n_groups"); a group with no SNR bin of enough spectra takes the temperatures of the
     nearest group of the same kind. ``scale`` ([B], ``fit_scale``) multiplies each spectrum's temperature."""
-    from .calibration import SNR_EDGES, _bins, pick_temperatures
+    from .calibration import SNR_EDGES, _bins, pick_grouped_temperatures, pick_temperatures
 
     edges = torch.tensor(SNR_EDGES, dtype=torch.float64)
     k = _bins(torch.nan_to_num(snr.double().cpu(), nan=0.0), edges)
@@ -326,19 +329,9 @@ def calibrate_fit_temperatures(fit: dict, z: torch.Tensor, snr: torch.Tensor, gr
     if groups is None:
         temperatures, counts = pick_temperatures(covered, k, n_snr, FIT_TEMPERATURES)
         return {"snr_edges": edges, "temperatures": temperatures, "counts": counts}
-    groups = groups.cpu()
-    rows = [pick_temperatures(covered[:, groups == g], k[groups == g], n_snr, FIT_TEMPERATURES) for g in range(N_GROUPS)]
-    counts = torch.stack([count for _, count in rows])
-    def kind(g: int) -> bool:
-        return g < len(CONFIDENCE_EDGES) - 1
-
-    fitted = [g for g in range(N_GROUPS) if (counts[g] >= MIN_SPECTRA).any()]
-    temperatures = []
-    for g in range(N_GROUPS):
-        near = [f for f in fitted if kind(f) == kind(g)] or fitted or [g]
-        temperatures.append(rows[min(near, key=lambda f: (abs(f - g), -f))][0])
-    return {"snr_edges": edges, "temperatures": torch.stack(temperatures), "counts": counts,
-            "n_groups": torch.tensor(N_GROUPS)}  # fmt: skip
+    kinds = [g < len(CONFIDENCE_EDGES) - 1 for g in range(N_GROUPS)]  # confidence groups, reduced-χ² groups
+    temperatures, counts = pick_grouped_temperatures(covered, k, groups.cpu(), N_GROUPS, n_snr, FIT_TEMPERATURES, kinds=kinds)
+    return {"snr_edges": edges, "temperatures": temperatures, "counts": counts, "n_groups": torch.tensor(N_GROUPS)}
 
 
 def fit_temperature(calibration: dict, snr: torch.Tensor, groups: torch.Tensor | None = None,
