@@ -3,6 +3,10 @@ noise levels, next to the talk's numbers and the information limit (a χ² fit w
 
     zfast-sed build --n 10000 --seed 0 --out lib10k.h5
     python benchmarks/paper_table.py --library lib10k.h5 --work runs/table --out benchmarks/results --quick
+    python benchmarks/paper_table.py ... --quick --rows all     # plus every study of ours (~6 h on 2 CPU cores)
+
+By default (``--rows talk``) the rows of the talk's protocol and its two studies: main and size below, with chi2 and
+library_fit (with --quick under 3 h on 2 CPU cores); ``--rows all`` adds the rest, ``--only`` names rows.
 
 Protocol (the talk's, with our additions): rest-frame SEDs from the library split by SED (80/10/10, seeded), one
 recipe (``--holdout-sfh``, default lognormal star-formation histories) kept out of training altogether and scored
@@ -151,6 +155,27 @@ def runs(args) -> dict:
     if args.steps:
         table = {name: dict(overrides, steps=args.steps, eval_every=args.steps) for name, overrides in table.items()}
     return table
+
+
+def talk_rows(names) -> list:
+    """The rows of the talk's protocol and its two studies (architecture, training-set size): ``--rows talk``."""
+    talk = {f"{model}/{name}" for model in ("paper-cnn", "resnet1d") for name in ESTIMATORS}
+    talk |= {f"resnet1d/classification-800/{size}-seds" for size in SIZES}
+    return [name for name in names if name in talk]
+
+
+def select_rows(plan: dict, rows: str, only: str) -> dict:
+    """The runs one call trains and scores: ``--only`` names them; else ``--rows talk`` (the talk's rows, the
+    default: under 3 h on 2 CPU cores with --quick) or ``--rows all`` (with every study of ours, ~6 h on 2 cores)."""
+    if only:
+        wanted = only.split(",")
+        unknown = [name for name in wanted if name not in plan and name not in ENSEMBLES]
+        if unknown:
+            raise SystemExit(f"--only: unknown rows {', '.join(unknown)}")
+        return {k: v for k, v in plan.items() if k in wanted}
+    if rows == "all":
+        return plan
+    return {k: plan[k] for k in talk_rows(plan)}
 
 
 def run_folder(name: str) -> str:
@@ -330,7 +355,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--n-test", type=int, default=2048, help="test spectra per condition and test set")
     parser.add_argument("--holdout-sfh", default="lognormal", help="recipe kept out of training ('' for none)")
-    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    parser.add_argument("--rows", choices=("talk", "all"), default="talk",
+                        help="talk: the talk's rows and studies (default; --quick: ~1.5 h on 2 CPU cores, the library fit "
+                             "included); all: with every study of ours (--quick: ~6 h on 2 cores)")
+    parser.add_argument("--only", default="", help="comma-separated run names (instead of --rows)")
     parser.add_argument("--steps", type=int, default=0, help="override the steps of every run (a smoke test)")
     parser.add_argument("--refit-calibration", action="store_true",
                         help="refit the P(z) temperatures of runs whose SNR bins or fit version differ from zfast.calibration's "
@@ -352,9 +380,8 @@ def main(argv=None) -> int:
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    plan = runs(args)
-    if args.only:
-        plan = {k: v for k, v in plan.items() if k in args.only.split(",")}
+    every = runs(args)
+    plan = select_rows(every, args.rows, args.only)
     if args.train_only:
         for name, overrides in plan.items():
             train_once(name, overrides, work)
@@ -371,11 +398,14 @@ def main(argv=None) -> int:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("runs", {})
     device = train.pick_device(args.device)
-    first = train.TrainConfig(**next(iter(plan.values())))
+    first = train.TrainConfig(**next(iter(every.values())))  # every row shares its library, split and test sets
     library = train.load_library(first.library).to(device)
     sets = test_sets(first, library, args.n_test)
+    trained_on = results.get("protocol", {}).get("trained_on")  # a table trained elsewhere and scored here keeps it
     results["protocol"] = dict(library=args.library, n_seds=len(library), holdout_sfh=args.holdout_sfh, n_test=args.n_test,
                                quick=args.quick, device=str(device), torch=torch.__version__)  # fmt: skip
+    if trained_on:
+        results["protocol"]["trained_on"] = trained_on
 
     results["protocol"]["euclid_target_fraction"] = {
         split: sets[split, EUCLID_TARGET][2].numel() / sets[split, "euclid"][2].numel() for split, c in sets if c == "euclid"}
@@ -418,7 +448,7 @@ def main(argv=None) -> int:
         results["runs"][name] = entry
         _write(results_path, results)
     for name, members in ENSEMBLES.items():
-        wanted = not args.only or name in args.only.split(",")
+        wanted = name in args.only.split(",") if args.only else args.rows == "all"
         if wanted and all((work / run_folder(m) / "metrics.json").exists() for m in members):
             results["runs"][name] = score_ensemble(name, members, work, sets, device, library)
             _write(results_path, results)
@@ -451,8 +481,8 @@ def markdown(results: dict) -> str:
     lines = []
     p = results.get("protocol", {})
     lines.append(f"Library {p.get('library')} ({p.get('n_seds')} SEDs), held-out recipe {p.get('holdout_sfh')!r}, "
-                 f"{p.get('n_test')} test spectra per condition, {'quick CPU settings' if p.get('quick') else 'full settings'} "
-                 f"on {p.get('device')}.\n")  # fmt: skip
+                 f"{p.get('n_test')} test spectra per condition, {'quick CPU settings' if p.get('quick') else 'full settings'}, "
+                 f"scored on {p.get('device')}.\n")  # fmt: skip
     if p.get("trained_on"):
         lines.append(f"Trained on {p['trained_on']}.\n")
     lines.append("### Noiseless test SEDs, next to the talk (MSE / MAE / R²)\n")
