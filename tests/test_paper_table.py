@@ -1,6 +1,7 @@
 """benchmarks/paper_table.py picks its rows as documented: the talk's by default, every study with --rows all."""
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -35,3 +36,15 @@ def test_only_names_rows_and_refuses_unknown_ones():
     assert list(picked) == ["resnet1d/distribution-800/js-only/4x-steps"]  # an ensemble is scored, not trained
     with pytest.raises(SystemExit, match="unknown rows resnet1d/nope"):
         paper_table.select_rows(every, "talk", "resnet1d/nope")
+
+
+def test_a_reused_run_trained_with_other_settings_is_named(tmp_path):
+    row = plan()["resnet1d/distribution-800"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(dict(row, lambda_ent=0.0, device="cuda", library="/elsewhere/lib.h5", seed=3)))
+    # the row's own settings are compared (not where it ran, nor defaults the row does not set)
+    assert paper_table.stale_settings(run, row) == {"lambda_ent": (0.0, 0.15)}
+    (run / "config.json").write_text(json.dumps(dict(row, device="cuda")))
+    assert paper_table.stale_settings(run, row) == {}
+    assert paper_table.stale_settings(tmp_path / "absent", row) == {}
