@@ -3,7 +3,7 @@ noise levels, next to the talk's numbers and the information limit (a χ² fit w
 
     zfast-sed build --n 10000 --seed 0 --out lib10k.h5
     python benchmarks/paper_table.py --library lib10k.h5 --work runs/table --out benchmarks/results --quick
-    python benchmarks/paper_table.py ... --quick --rows all     # plus every study of ours (~6 h on 2 CPU cores)
+    python benchmarks/paper_table.py ... --quick --rows all     # plus every study of ours (~5.7 h of training on 2 CPU cores)
 
 By default (``--rows talk``) the rows of the talk's protocol and its two studies: main and size below, with chi2 and
 library_fit (with --quick under 3 h on 2 CPU cores); ``--rows all`` adds the rest, ``--only`` names rows.
@@ -166,7 +166,7 @@ def talk_rows(names) -> list:
 
 def select_rows(plan: dict, rows: str, only: str) -> dict:
     """The runs one call trains and scores: ``--only`` names them; else ``--rows talk`` (the talk's rows, the
-    default: under 3 h on 2 CPU cores with --quick) or ``--rows all`` (with every study of ours, ~6 h on 2 cores)."""
+    default: under 3 h on 2 CPU cores with --quick) or ``--rows all`` (with every study of ours, ~5.7 h of training on 2 cores)."""
     if only:
         wanted = only.split(",")
         unknown = [name for name in wanted if name not in plan and name not in ENSEMBLES]
@@ -371,7 +371,7 @@ def main(argv=None) -> int:
     parser.add_argument("--holdout-sfh", default="lognormal", help="recipe kept out of training ('' for none)")
     parser.add_argument("--rows", choices=("talk", "all"), default="talk",
                         help="talk: the talk's rows and studies (default; --quick: 1 h 18 min measured on 2 CPU cores, the library fit "
-                             "included); all: with every study of ours (--quick: ~6 h on 2 cores)")
+                             "included); all: with every study of ours (--quick: ~5.7 h of training on 2 cores)")
     parser.add_argument("--only", default="", help="comma-separated run names (instead of --rows)")
     parser.add_argument("--steps", type=int, default=0, help="override the steps of every run (a smoke test)")
     parser.add_argument("--refit-calibration", action="store_true",
