@@ -63,9 +63,15 @@ def peak_share(probs: torch.Tensor, bin_edges: torch.Tensor, width: float = 0.01
     peak holds it all, low when other redshifts compete."""
     edges = torch.as_tensor(bin_edges, dtype=torch.float64).to(probs.device)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    peak = centres[probs.argmax(dim=1)]
-    inside = (centres[None, :] - peak[:, None]).abs() <= width * (1 + peak[:, None])
-    return (probs.double() * inside).sum(dim=1) / probs.double().sum(dim=1)
+    return share_near(probs, centres, centres[probs.argmax(dim=1)], width)
+
+
+def share_near(probs: torch.Tensor, grid: torch.Tensor, z: torch.Tensor, width: float = 0.01) -> torch.Tensor:
+    """[B]: the share of each distribution ``probs`` [B, K] over the points ``grid`` [K] within ±width·(1 + z) of its
+    ``z`` [B] (``peak_share``; the template fit's ``fit_confidence``)."""
+    inside = (grid[None, :] - z[:, None]).abs() <= width * (1 + z[:, None])
+    probs = probs.double()
+    return (probs * inside).sum(dim=1) / probs.sum(dim=1)
 
 
 def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Tensor, snr: torch.Tensor,

@@ -593,15 +593,14 @@ def _templates(templates, model):
 
 
 def _template_columns(model, normalised: torch.Tensor, ivar: torch.Tensor, templates, known_noise: bool = True) -> dict:
-    from .template_fit import _weights, library_fit_redshift
+    from .template_fit import library_fit_redshift
 
     library, seds = templates
     # Without the user's ivar the χ² scale is unknown: no marginalising over SEDs, and the noise comes from the residuals.
     fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, model.z_range,
                                marginalise=known_noise)  # fmt: skip
-    n_valid = (_weights(normalised.double().cpu(), ivar.cpu())[0] > 0).sum(dim=1)
     rchi2 = fit["rchi2"]
-    empty = n_valid < 2  # nothing to fit: NaN rather than an arbitrary grid point
+    empty = fit["n_valid"] < 2  # nothing to fit: NaN rather than an arbitrary grid point
     nan = torch.full_like(rchi2, math.nan)
     # The formal error (Δχ² = 1), widened by sqrt(reduced χ²) where the best template fits worse than the noise.
     error = fit["z_err"] * (rchi2.clamp_min(1.0) if known_noise else rchi2).sqrt()

@@ -113,7 +113,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     Returns a dict of CPU tensors: "z" [B] float64, "sed" [B] (the best SED, an index into the library),
     "chi2" [B] (its χ² minus Σ w f², float64), "z_err" [B] (the Δχ² = 1 half-width of its χ² valley: a formal
     error, right only for a perfect template and the true ivar), "rchi2" [B] (its χ² per valid pixel less one, with
-    unit weights for noiseless spectra), "modes" (dict of [B, n_refine + 2]: "z", "sed",
+    unit weights for noiseless spectra), "n_valid" [B] (pixels fitted), "modes" (dict of [B, n_refine + 2]: "z", "sed",
     "chi2", "sigma" of every refined pair, for ``fit_quantiles``), "z_grid" [K], "chi2_grid" [B, K] (float32 maths,
     any flux units: the best SED's χ² minus Σ w f² at each coarse z) and "log_like_grid" [B, K] (log Σ_s exp(-χ²_s/2)
     at each coarse z, up to a constant per spectrum; NaN when no spectrum of the call is marginalised).
@@ -205,8 +205,10 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     modes = {"z": z0.reshape(b, n_pairs).cpu(), "sed": sed.reshape(b, n_pairs).cpu(), "chi2": value.reshape(b, n_pairs).cpu(),
              "sigma": sigma.reshape(b, n_pairs).cpu()}  # fmt: skip
     # Reduced χ² of the winner (χ² per valid pixel, less one for the amplitude; unit weights for noiseless spectra).
-    rchi2 = (take(value) + (weight * flux.square()).sum(dim=1).cpu()) / ((weight > 0).sum(dim=1).cpu() - 1).clamp_min(1)
-    return {"z": take(z0), "sed": take(sed), "chi2": take(value), "z_err": take(sigma), "rchi2": rchi2, "modes": modes, "z_grid": grid,
+    n_valid = (weight > 0).sum(dim=1).cpu()
+    rchi2 = (take(value) + (weight * flux.square()).sum(dim=1).cpu()) / (n_valid - 1).clamp_min(1)
+    return {"z": take(z0), "sed": take(sed), "chi2": take(value), "z_err": take(sigma), "rchi2": rchi2, "n_valid": n_valid,
+            "modes": modes, "z_grid": grid,
             "chi2_grid": (chi2_top[:, :, 0] * (w_scale * f_scale.square())).cpu(), "log_like_grid": log_like.cpu()}  # fmt: skip
 
 
@@ -273,10 +275,10 @@ def fit_confidence(fit: dict, width: float = 0.01) -> torch.Tensor:
     """[B]: the share of the SED-marginalised likelihood (``fit["log_like_grid"]``, T = 1, uniform prior over the
     coarse z grid) within ±width·(1 + z) of the fitted z: near 1 when one valley dominates, low when other z compete.
     1 for rows fitted without marginalising (noiseless, ``marginalise=False``: NaN log_like_grid)."""
-    log_like = fit["log_like_grid"].double().cpu()
-    grid, z = fit["z_grid"].double().cpu(), fit["z"].double().cpu()
-    inside = (grid[None, :] - z[:, None]).abs() <= width * (1 + z[:, None])
-    share = (torch.softmax(log_like.nan_to_num(0.0), dim=1) * inside).sum(dim=1)
+    from .calibration import share_near
+
+    like = torch.softmax(fit["log_like_grid"].double().cpu().nan_to_num(0.0), dim=1)
+    share = share_near(like, fit["z_grid"].double().cpu(), fit["z"].double().cpu(), width)
     return torch.where(_marginalised(fit), share, 1.0)
 
 
