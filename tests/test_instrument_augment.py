@@ -389,3 +389,79 @@ def test_min_line_snr_keeps_only_spectra_above_the_line_flux_cut(generator):
     impossible = zfast.AugmentedSpectra(library, instrument, split=torch.tensor([0]), min_line_snr=1e12)
     with pytest.raises(RuntimeError, match="only 0 of 10 spectra passed"):
         impossible.draw(10)
+
+
+# --- perturbations: what real spectra carry beyond a library SED through the instrument model -----------------
+def test_no_perturbations_leave_the_random_stream_unchanged(generator):
+    library = random_library(generator, n_seds=20)
+    nisp = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white"))
+    plain = zfast.AugmentedSpectra(library, nisp, batch_size=64, seed=5, mask_prob=0.3)
+    none = zfast.AugmentedSpectra(library, nisp, batch_size=64, seed=5, mask_prob=0.3, perturbations=zfast.data.Perturbations())
+    for a, b in zip(next(plain), next(none)):
+        assert torch.equal(a, b)
+
+
+def test_legendre_basis_matches_the_closed_forms():
+    x = torch.linspace(-1, 1, 37, dtype=torch.float64)
+    basis = zfast.data.augment.legendre_basis(37, 3, dtype=torch.float64)
+    torch.testing.assert_close(basis, torch.stack([x, 1.5 * x**2 - 0.5, 2.5 * x**3 - 1.5 * x]))
+
+
+def test_distortion_is_a_smooth_multiplicative_cubic_of_the_requested_rms(generator):
+    library = random_library(generator, n_seds=20)
+    quiet = zfast.Instrument.linear("no-lsf", 12060.0, 13.4, 301)  # no LSF, no noise: the ratio is exactly exp(cubic)
+    rms = 0.3
+    plain = zfast.AugmentedSpectra(library, quiet, batch_size=2000, seed=6)
+    bent = zfast.AugmentedSpectra(library, quiet, batch_size=2000, seed=6, perturbations=zfast.data.Perturbations(distortion=rms))
+    f0, _, z0, s0 = next(plain)
+    f1, _, z1, s1 = next(bent)
+    assert torch.equal(z0, z1) and torch.equal(s0, s1)
+    log_ratio = (f1.double() / f0.double()).log()  # normalisation adds a constant per spectrum
+    basis = torch.cat([torch.ones(1, 301, dtype=torch.float64), zfast.data.augment.legendre_basis(301, 3, dtype=torch.float64)])
+    coefficients = torch.linalg.lstsq(basis.T, log_ratio.T).solution  # [4, B]
+    residual = log_ratio - coefficients.T @ basis
+    assert residual.abs().max() < 1e-4
+    expected = torch.tensor([rms, rms / 2, rms / 3], dtype=torch.float64)  # a_k ~ N(0, (rms / k)²)
+    torch.testing.assert_close(coefficients[1:].std(dim=1), expected, rtol=0.08, atol=0)
+    assert coefficients[1:].mean(dim=1).abs().max() < 0.03
+
+
+def test_noise_variation_follows_the_ivar_it_reports(generator):
+    library = random_library(generator, n_seds=20)
+    nisp = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white", snr=(10.0, 10.0)))
+    varied = zfast.AugmentedSpectra(library, nisp, batch_size=1000, seed=7, perturbations=zfast.data.Perturbations(noise_variation=0.4))
+    flux, ivar, z, sed, clean = varied.draw(1000, clean=True)
+    pulls = ((flux - clean) * ivar.sqrt()).double()
+    assert abs(pulls.std().item() - 1.0) < 0.01  # the noise is what ivar says, pixel by pixel
+    log_sigma = -0.5 * ivar.double().log()
+    profile = log_sigma - log_sigma.mean(dim=1, keepdim=True)
+    basis = zfast.data.augment.legendre_basis(512, 2, dtype=torch.float64)
+    coefficients = torch.linalg.lstsq(basis.T, profile.T).solution
+    assert (profile - coefficients.T @ basis).abs().max() < 0.02  # smooth: orders 1-2 only (the mean of P_2 aside)
+    torch.testing.assert_close(coefficients.std(dim=1), torch.tensor([0.4, 0.2], dtype=torch.float64), rtol=0.1, atol=0)
+    with pytest.raises(ValueError, match="noise model"):
+        zfast.AugmentedSpectra(library, zfast.Instrument.preset("euclid-nisp-red"), perturbations=zfast.data.Perturbations(noise_variation=0.1))
+
+
+@pytest.mark.parametrize("prob", [0.5, 1.0])
+def test_scattered_bad_pixels_are_scattered_at_uniform_rates(generator, prob):
+    library = random_library(generator, n_seds=20)
+    nisp = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white"))
+    spotted = zfast.AugmentedSpectra(library, nisp, batch_size=4000, seed=8,
+                                     perturbations=zfast.data.Perturbations(bad_pixel_prob=prob, bad_pixel_max=0.2))
+    flux, ivar, _, _ = next(spotted)
+    bad = ivar == 0
+    assert torch.equal(flux == 0, bad)
+    rate = bad.double().mean(dim=1)
+    hit = rate > 0
+    assert abs(hit.double().mean().item() - prob) < 0.03  # (a rate near 0 can leave no bad pixel: < 1 % of spectra)
+    assert rate.max() < 0.25 and abs(rate[hit].mean().item() - 0.1) < 0.005  # U[0, 0.2): mean 0.1
+    # scattered, not gaps: runs of bad pixels are as short as independent draws give (a run starts at a bad pixel
+    # after a good one: M·r(1 - r) starts for M·r bad pixels per spectrum)
+    starts = (bad[:, 1:] & ~bad[:, :-1]).sum().item() + bad[:, 0].sum().item()
+    expected = (rate * (1 - rate)).sum().item() / rate.sum().item()
+    assert abs(starts / bad.sum().item() - expected) < 0.02
+    with pytest.raises(ValueError, match="bad_pixel"):
+        zfast.data.Perturbations(bad_pixel_prob=1.5)
+    with pytest.raises(ValueError, match="distortion"):
+        zfast.data.Perturbations(distortion=-0.1)

@@ -46,7 +46,7 @@ import torch
 
 from .calibration import calibrated_summary, fit_temperatures, spectrum_snr
 from .bins import redshift_bin_edges, soft_labels, target_to_z, z_to_bin, z_to_target
-from .data import AugmentedSpectra, Instrument, NoiseModel, SEDLibrary, save_splits, split_by_sed
+from .data import AugmentedSpectra, Instrument, NoiseModel, Perturbations, SEDLibrary, save_splits, split_by_sed
 from .models import build_model, split_outside
 from .ops.jsd_entropy import jsd_entropy
 
@@ -66,6 +66,10 @@ class TrainConfig:
     outside_prob: float = field(default=0.1, metadata={"help": "extra share of spectra per batch drawn at z outside [z_min, z_max) (where the library reaches), to train the network's 'outside the trained range' output (0: no such output)"})
     outside_weight: float = field(default=1.0, metadata={"help": "weight of the outside output's cross-entropy in the loss (measured: with 0.1 the quick preset flagged 0.40 instead of 0.89 of the spectra above the range; 1.0 cost a tiny 300-step paper-CNN distribution model 1.4-2.2x in σ_NMAD, ResNet1D classification nothing)"})
     max_gap: int = field(default=32, metadata={"help": "longest masked gap, in pixels"})
+    bad_pixel_prob: float = field(default=0.0, metadata={"help": "training spectra: share given scattered bad pixels (ivar 0, pixel by pixel, as real SIR spectra's NOT_USE / ABS_FLUX pixels)"})
+    bad_pixel_max: float = field(default=0.15, metadata={"help": "training spectra: highest rate of scattered bad pixels (drawn uniform below it per spectrum)"})
+    distortion: float = field(default=0.0, metadata={"help": "training spectra: rms (in ln flux, per Legendre order 1-3) of a smooth multiplicative continuum distortion (flux calibration, dust laws)"})
+    noise_variation: float = field(default=0.0, metadata={"help": "training spectra: rms of ln sigma along the spectrum (smooth, orders 1-2): noise that is not flat across the band"})
     min_line_snr: float = field(default=0.0, metadata={"help": "train (and validate) only on spectra whose Hα + [NII] detection SNR is at least this (Euclid convention; 3.5 with --noise euclid is the survey's 2e-16 erg/s/cm² line-flux limit, i.e. the galaxies it targets); 0: all"})
     z_min: float = field(default=1.0, metadata={"help": "lowest redshift drawn (and first bin edge)"})
     z_max: float = field(default=1.8, metadata={"help": "redshifts are drawn below this (last bin edge)"})
@@ -170,6 +174,10 @@ def check_config(c: TrainConfig) -> None:
         problems.append("weak_line_weight must be > 0")
     if not (0.0 <= c.mask_prob <= 1.0) or c.max_gap < 1:
         problems.append("need 0 <= mask_prob <= 1 and max_gap >= 1")
+    try:
+        Perturbations(c.bad_pixel_prob, c.bad_pixel_max, c.distortion, c.noise_variation)
+    except ValueError as error:
+        problems.append(str(error))
     if not (math.isfinite(c.min_line_snr) and c.min_line_snr >= 0):
         problems.append("min_line_snr must be >= 0")
     if not (0 <= c.z_min < c.z_max):
@@ -229,7 +237,16 @@ def augmented(c: TrainConfig, library: SEDLibrary, instrument: Instrument, split
         ew = torch.as_tensor(ew, dtype=torch.float64)
         weights = torch.where(ew < 20.0, c.weak_line_weight, 1.0)
     return AugmentedSpectra(library, instrument, (c.z_min, c.z_max), run_splits(c, library)[split], c.batch_size, seed,
-                            mask_prob=c.mask_prob, max_gap=c.max_gap, min_line_snr=c.min_line_snr, sed_weights=weights)  # fmt: skip
+                            mask_prob=c.mask_prob, max_gap=c.max_gap, min_line_snr=c.min_line_snr, sed_weights=weights,
+                            perturbations=perturbations(c, split))  # fmt: skip
+
+
+def perturbations(c: TrainConfig, split: str) -> Perturbations:
+    """The realism perturbations of the training split (validation and test sets stay the plain simulation, so
+    their metrics compare across runs); none for other splits."""
+    if split != "train":
+        return Perturbations()
+    return Perturbations(c.bad_pixel_prob, c.bad_pixel_max, c.distortion, c.noise_variation if c.noise != "none" else 0.0)
 
 
 OUTSIDE_MARGIN = 1e-6  # keeps the outside draws strictly inside the library's coverage
@@ -258,7 +275,8 @@ def outside_stream(c: TrainConfig, library: SEDLibrary, instrument: Instrument, 
     """Spectra of ``split`` at redshifts outside the trained range (``outside_range``), ``n`` per batch."""
     edges, weights = outside_range(c, library, instrument)
     return AugmentedSpectra(library, instrument, (float(edges[0]), float(edges[-1])), run_splits(c, library)[split], n, seed,
-                            z_prior=(edges, weights), mask_prob=c.mask_prob, max_gap=c.max_gap)  # fmt: skip
+                            z_prior=(edges, weights), mask_prob=c.mask_prob, max_gap=c.max_gap,
+                            perturbations=perturbations(c, split))  # fmt: skip
 
 
 def n_outside(c: TrainConfig) -> int:

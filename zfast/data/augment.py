@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pathlib
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -69,6 +70,72 @@ def load_splits(path) -> dict:
     return {**record, **splits}
 
 
+@dataclass(frozen=True)
+class Perturbations:
+    """What real spectra carry beyond a library SED seen through the instrument model, drawn per spectrum.
+
+    Attributes:
+        bad_pixel_prob (float): share of spectra given scattered bad pixels (ivar 0), each pixel independently,
+            at a rate drawn uniformly in [0, ``bad_pixel_max``) per spectrum (real Euclid SIR spectra flag ~10 %
+            NOT_USE and ~10 % ABS_FLUX pixels along the spectrum, not only contiguous gaps).
+        bad_pixel_max (float): highest rate of bad pixels.
+        distortion (float): rms of a smooth multiplicative distortion of the continuum, exp(Σ_k a_k P_k(x)) with
+            P_k the Legendre polynomials of order 1..``DISTORTION_ORDER`` over the band (x from -1 to 1) and
+            a_k ~ N(0, (distortion / k)²): flux-calibration errors and dust laws other than the library's tilt
+            and bend the continuum; an SED library spans only its own. Applied before the LSF and the noise.
+        noise_variation (float): rms of ln σ(λ) along the spectrum, a smooth profile of the same form (orders
+            1..2), mean ln σ kept: a grism's sensitivity and the sky are not flat across the band, so the
+            noise is not either. Needs a noise model.
+    """
+
+    bad_pixel_prob: float = 0.0
+    bad_pixel_max: float = 0.15
+    distortion: float = 0.0
+    noise_variation: float = 0.0
+
+    DISTORTION_ORDER = 3
+    NOISE_ORDER = 2
+
+    def __post_init__(self):
+        if not (0.0 <= self.bad_pixel_prob <= 1.0 and 0.0 <= self.bad_pixel_max < 1.0):
+            raise ValueError(f"need 0 <= bad_pixel_prob <= 1 and 0 <= bad_pixel_max < 1, got "
+                             f"{self.bad_pixel_prob}, {self.bad_pixel_max}")  # fmt: skip
+        for name in ("distortion", "noise_variation"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 2.0):
+                raise ValueError(f"{name} must be within [0, 2] (an rms in ln flux), got {value}")
+
+    @property
+    def active(self) -> bool:
+        return self.bad_pixel_prob > 0 or self.distortion > 0 or self.noise_variation > 0
+
+
+def legendre_basis(n_pixels: int, order: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[order, n_pixels]: Legendre polynomials P_1..P_order at the pixels, x = -1 at the first, +1 at the last."""
+    x = torch.linspace(-1.0, 1.0, n_pixels, device=device, dtype=torch.float64)
+    rows, previous, current = [], torch.ones_like(x), x
+    for k in range(1, order + 1):
+        rows.append(current)
+        previous, current = current, ((2 * k + 1) * x * current - k * previous) / (k + 1)
+    return torch.stack(rows).to(dtype)
+
+
+def smooth_log_profile(n_spectra: int, n_pixels: int, rms: float, order: int, generator, device,
+                       dtype=torch.float32) -> torch.Tensor:  # fmt: skip
+    """[B, M]: Σ_k a_k P_k(x), a_k ~ N(0, (rms / k)²), k = 1..order (``legendre_basis``): a smooth random curve."""
+    k = torch.arange(1, order + 1, device=device, dtype=dtype)
+    a = torch.randn(n_spectra, order, generator=generator, device=device, dtype=dtype) * (rms / k)
+    return a @ legendre_basis(n_pixels, order, device, dtype)
+
+
+def scattered_bad_pixels(n_spectra: int, n_pixels: int, prob: float, max_rate: float, generator,
+                         device) -> torch.Tensor:  # fmt: skip
+    """Boolean [B, M]: in a ``prob`` share of the spectra, each pixel bad with a rate ~ U[0, max_rate) per spectrum."""
+    hit = torch.rand(n_spectra, 1, generator=generator, device=device) < prob
+    rate = torch.rand(n_spectra, 1, generator=generator, device=device) * max_rate
+    return hit & (torch.rand(n_spectra, n_pixels, generator=generator, device=device) < rate)
+
+
 class AugmentedSpectra:
     """An endless iterable of augmented batches ``(flux[B, M], ivar[B, M], z[B], sed_index[B])``.
 
@@ -90,6 +157,9 @@ class AugmentedSpectra:
         min_line_snr (float): keep only spectra whose Hα + [NII] detection SNR (``Instrument.halpha_snr``: the
             Euclid survey's convention, >= 3.5 under the "euclid" noise model is its line-flux limit) is at least
             this; the others are redrawn, so every batch holds ``batch_size`` selected spectra. Default 0 (all).
+        perturbations (Perturbations, optional): scattered bad pixels, continuum distortions and noise that
+            varies along the spectrum (see ``Perturbations``). Default: none (the random stream is then the
+            same as without the option).
 
     flux and ivar are float32 and normalised per spectrum (``normalise``); z is float64 (exact labels);
     sed_index is int64.
@@ -110,7 +180,11 @@ class AugmentedSpectra:
         max_gap: int = 32,
         min_line_snr: float = 0.0,
         sed_weights: Optional[torch.Tensor] = None,
+        perturbations: Optional[Perturbations] = None,
     ):
+        self.perturbations = perturbations if perturbations is not None else Perturbations()
+        if self.perturbations.noise_variation > 0 and instrument.noise.kind == "none":
+            raise ValueError("perturbations.noise_variation needs a noise model (the instrument's is 'none')")
         if not math.isfinite(min_line_snr) or min_line_snr < 0:
             raise ValueError(f"min_line_snr must be finite and >= 0, got {min_line_snr}")
         if min_line_snr > 0 and instrument.lsf_fwhm is None:
@@ -207,9 +281,20 @@ class AugmentedSpectra:
             z = edges[k] + u * (edges[k + 1] - edges[k])
         # Validated once at construction (split indices, coverage of z_range): no host sync per batch.
         spectra = self.library.redshift_resample(sed_index, z, self.wave_edges, check=False)
-        flux, ivar = self.instrument.observe(spectra, g)
+        p = self.perturbations
+        if p.distortion > 0:
+            spectra = spectra * smooth_log_profile(n_spectra, spectra.shape[1], p.distortion, p.DISTORTION_ORDER, g,
+                                                   self.device, spectra.dtype).exp()  # fmt: skip
+        profile = None
+        if p.noise_variation > 0:
+            profile = smooth_log_profile(n_spectra, spectra.shape[1], p.noise_variation, p.NOISE_ORDER, g,
+                                         self.device, spectra.dtype).exp()  # fmt: skip
+        flux, ivar = self.instrument.observe(spectra, g, noise_profile=profile)
         if self.mask_prob > 0:
             ivar = self._mask_gaps(ivar, g)
+        if p.bad_pixel_prob > 0:
+            bad = scattered_bad_pixels(n_spectra, ivar.shape[1], p.bad_pixel_prob, p.bad_pixel_max, g, self.device)
+            ivar = ivar.masked_fill(bad, 0.0)
         flux, ivar, scale = normalise(flux, ivar)
         if clean:
             return flux, ivar, z, sed_index, self.instrument.convolve_lsf(spectra) / scale

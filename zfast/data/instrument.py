@@ -62,8 +62,10 @@ class NoiseModel:
             raise ValueError(f"magnitude must be (lo, hi) with lo <= hi, got {self.magnitude}")
 
     def apply(self, flux: torch.Tensor, generator: Optional[torch.Generator],
-              instrument: Optional["Instrument"] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noisy flux, inverse variance), both [B, M] like ``flux``; no host synchronisation."""
+              instrument: Optional["Instrument"] = None,
+              profile: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(noisy flux, inverse variance), both [B, M] like ``flux``; no host synchronisation. ``profile`` [B, M]
+        (optional, > 0) multiplies σ pixel by pixel (noise that varies along the spectrum)."""
         if self.kind == "none":
             return flux, torch.full_like(flux, math.inf)
         u = torch.rand(flux.shape[0], 1, generator=generator, device=flux.device, dtype=flux.dtype)
@@ -78,6 +80,8 @@ class NoiseModel:
             magnitude = lo + u * (hi - lo)
             sigma = instrument.euclid_sigma() * flux.mean(dim=1, keepdim=True).abs() / instrument.ab_flux_density(magnitude)
         noise = torch.randn(flux.shape, generator=generator, device=flux.device, dtype=flux.dtype)
+        if profile is not None:
+            sigma = sigma * profile
         ivar = (1.0 / sigma.square()).expand_as(flux)
         return flux + sigma * noise, ivar
 
@@ -222,11 +226,13 @@ class Instrument:
         centre = 0.5 * (self.wave_edges[0] + self.wave_edges[-1]).item()
         return 10.0 ** (-(magnitude + 48.6) / 2.5) * SPEED_OF_LIGHT_ANGSTROM / centre**2
 
-    def observe(self, flux: torch.Tensor, generator: Optional[torch.Generator] = None):
-        """(flux, ivar), each [B, M]: noiseless spectra on this instrument's pixels through the LSF and noise."""
+    def observe(self, flux: torch.Tensor, generator: Optional[torch.Generator] = None,
+                noise_profile: Optional[torch.Tensor] = None):  # fmt: skip
+        """(flux, ivar), each [B, M]: noiseless spectra on this instrument's pixels through the LSF and noise
+        (σ times ``noise_profile`` [B, M] pixel by pixel when given)."""
         if flux.dim() != 2 or flux.shape[1] != self.n_pixels:
             raise ValueError(f"flux must be [B, {self.n_pixels}] on this instrument's pixels, got {tuple(flux.shape)}")
-        return self.noise.apply(self.convolve_lsf(flux), generator, self)
+        return self.noise.apply(self.convolve_lsf(flux), generator, self, noise_profile)
 
 
 def valid_pixels(flux: torch.Tensor, ivar: torch.Tensor) -> torch.Tensor:
