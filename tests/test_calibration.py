@@ -141,3 +141,22 @@ def test_peak_groups_calibrate_two_kinds_of_p_at_one_snr():
     assert all(abs(c - 0.68) < 0.03 for c in coverages(calibrated_probs(logits, snr, grouped, edges)))
     with pytest.raises(ValueError, match="bin_edges"):
         calibrated_probs(logits, snr, grouped)
+
+
+def test_interval_coverage_is_the_quantile_interval_test(generator):
+    """The CDF-at-z shortcut agrees with the interval from pz_summary's quantiles, at every temperature."""
+    from zfast.bins import cdf_quantiles
+    from zfast.calibration import interval_coverage
+
+    edges = torch.linspace(1.0, 1.8, 38, dtype=torch.float64)  # an odd number of bins
+    logits = 3 * torch.randn(501, 37, generator=generator, dtype=torch.float64)
+    logits[:50, 5] += 40.0  # sharp peaks: tiny temperatures make them one-hot
+    z = 0.95 + 0.9 * torch.rand(501, generator=generator, dtype=torch.float64)  # some outside the bins
+    temperatures = (0.001, 0.03, 0.3, 1.0, 4.0, 10.0)
+    fast = interval_coverage(logits, z, edges, temperatures, chunk=97)
+    for t, temperature in enumerate(temperatures):
+        p = torch.softmax(logits / temperature, dim=1)
+        lo, hi = cdf_quantiles(p, edges, (0.16, 0.84)).unbind(dim=1)
+        slow = ((lo <= z) & (z <= hi)).double()
+        assert torch.equal(fast[t], slow), (temperature, int((fast[t] != slow).sum()))
+    assert 0.05 < fast.mean() < 0.95

@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from .bins import PzSummary, cdf_quantiles, normalised_probs, pz_summary, refined_mode
+from .bins import PzSummary, normalised_probs, pz_summary, refined_mode
 
 SNR_EDGES = (0.0, 2.0, 4.0, 6.0, 9.0, 13.0, 20.0, 40.0, math.inf)  # noiseless spectra (SNR = inf): the last bin
 TEMPERATURES = tuple(math.exp(math.log(0.001) + i * (math.log(10.0) - math.log(0.001)) / 160) for i in range(161))
@@ -87,13 +87,7 @@ def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Ten
     k = _bins(snr, edges)
     logits, z = logits.double().cpu(), z.double().cpu()
     bin_edges = normalised_probs(logits[:1].softmax(dim=1), bin_edges.cpu())[1]  # validated, float64
-    covered = []
-    for temperature in TEMPERATURES:
-        # pz_summary's lo68 / hi68, without the rest of the summary (the fit evaluates 161 temperatures).
-        p = torch.softmax(logits / temperature, dim=1)
-        lo68, hi68 = cdf_quantiles(p / p.sum(dim=1, keepdim=True), bin_edges, (0.16, 0.84)).unbind(dim=1)
-        covered.append(((lo68 <= z) & (z <= hi68)).double())
-    covered = torch.stack(covered)
+    covered = interval_coverage(logits, z, bin_edges, TEMPERATURES, level)
     n_snr = edges.numel() - 1
     out = {"snr_edges": edges, "calibration_version": torch.tensor(CALIBRATION_VERSION)}
     if not by_peak:
@@ -103,6 +97,32 @@ def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Ten
     group = _bins(peak_share(torch.softmax(logits, dim=1), bin_edges), peak_edges)
     out["temperatures"], out["counts"] = pick_grouped_temperatures(covered, k, group, len(PEAK_EDGES) - 1, n_snr, TEMPERATURES, level)
     out["peak_edges"] = peak_edges
+    return out
+
+
+def interval_coverage(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Tensor, temperatures,
+                      level: float = 0.68, chunk: int = 2048) -> torch.Tensor:  # fmt: skip
+    """[len(temperatures), B] float64: 1 where z [B] lies in the equal-tailed ``level`` interval of
+    softmax(logits [B, K] / T) over ``bin_edges`` [K+1] (``pz_summary``'s piecewise-linear CDF), else 0.
+
+    z is inside [q_lo, q_hi] exactly when the CDF at z, F_T(z) = Σ_j w_j p_j with w_j = 1 for the bins below z's,
+    its share of its own bin, 0 above, lies in [(1 - level) / 2, (1 + level) / 2]: one weighted sum per temperature
+    instead of a cumulative sum and a search over every bin."""
+    logits, z = logits.double(), z.double()
+    edges = bin_edges.double().to(logits.device)
+    k = (torch.searchsorted(edges, z.contiguous(), right=True) - 1).clamp(0, edges.numel() - 2)
+    share = ((z - edges[k]) / (edges[k + 1] - edges[k])).clamp(0.0, 1.0)
+    lo, hi = (1 - level) / 2, (1 + level) / 2
+    out = torch.empty(len(temperatures), z.numel(), dtype=torch.float64, device=logits.device)
+    bins = torch.arange(logits.shape[1], device=logits.device)
+    for start in range(0, z.numel(), chunk):
+        rows = slice(start, start + chunk)
+        shifted = logits[rows] - logits[rows].amax(dim=1, keepdim=True)
+        weight = (bins[None, :] < k[rows, None]).double() + (bins[None, :] == k[rows, None]) * share[rows, None]
+        for t, temperature in enumerate(temperatures):
+            p = torch.exp(shifted / temperature)
+            cdf = (p * weight).sum(dim=1) / p.sum(dim=1)
+            out[t, rows] = ((cdf >= lo) & (cdf <= hi)).double()
     return out
 
 

@@ -15,10 +15,11 @@ the template, ``template_fit_redshift``: the information limit of that mock).
 The real spectra's own noise travels with them ("noiseless" means no noise added: a MaNGA spaxel keeps its own,
 ~2-3x below SNR 10 once binned to NISP pixels; the MaStar SSPs are models and have none).
 
-Families (see ``data/README.md``): ``manga`` (MaNGA DAP test spaxels, real, z_cat 0.017-0.135) and
-``mastar-ssp`` (MaStar stellar populations, 1-9 Gyr: passive spectra built from real stars). ``FINAL`` spectra
-(the MaNGA multicomponent file and the SSPs of log Z/Z_sun = -0.70) are kept out of every tuning decision and
-scored separately (``--final``).
+Families (see ``data/README.md``): ``manga`` (MaNGA DAP test spaxels, real, z_cat 0.017-0.135),
+``mastar-ssp`` (MaStar stellar populations, 1-9 Gyr: passive spectra built from real stars) and
+``kinney-calzetti`` (the Kinney-Calzetti atlas: averaged integrated spectra of real galaxies, E to Sc and six
+starbursts). ``FINAL`` spectra (the MaNGA multicomponent file, the SSPs of log Z/Z_sun = -0.70, the Sb and
+starburst-3 templates) are kept out of every tuning decision and scored separately (``--final``).
 
     python benchmarks/studies/real_galaxies.py runs/quick/best.pt --templates default --out real.json
 """
@@ -55,7 +56,7 @@ CONDITIONS = {
     "euclid": dict(noise=NoiseModel("euclid")),
     "snr10_masked10": dict(noise=NoiseModel("white", snr=(10.0, 10.0)), mask_fraction=0.1),
 }
-FINAL = ("manga/multicomp", "Z-0.70")  # name fragments of the spectra kept for the final check
+FINAL = ("manga/multicomp", "Z-0.70", "kinney-calzetti/sb", "kinney-calzetti/starb3")  # name fragments of the spectra kept for the final check
 
 
 @dataclasses.dataclass
@@ -154,6 +155,18 @@ def _mastar(folder: pathlib.Path, grid: np.ndarray):
         yield "mastar-ssp/" + path.name.replace("MaStar-SSP-", "").replace(".fits.gz", ""), "mastar-ssp", 0.0, rest, cover
 
 
+def _kinney_calzetti(folder: pathlib.Path, grid: np.ndarray):
+    from astropy.io import fits
+
+    for path in sorted(folder.glob("*_template.fits")):
+        with fits.open(path) as hdus:
+            table = hdus[1].data
+            wave, flux = table["WAVELENGTH"].astype(np.float64), table["FLUX"].astype(np.float64)
+        keep = wave > 2500  # the IUE part is far bluer than NISP reaches; 5 Å bins, rest frame
+        rest, cover = to_rest_grid(wave[keep], flux[keep], np.isfinite(flux[keep]) & (flux[keep] > 0), 0.0, grid)
+        yield "kinney-calzetti/" + path.name.replace("_template.fits", ""), "kinney-calzetti", 0.0, rest, cover
+
+
 def load_real_spectra(data=DATA) -> RealSpectra:
     """Every real spectrum of ``data`` (see the module docstring) as a ``RealSpectra``."""
     data, grid = pathlib.Path(data), rest_grid()
@@ -164,6 +177,8 @@ def load_real_spectra(data=DATA) -> RealSpectra:
             rows += list(_manga(manga / name, tag, grid))
     if (manga / "mastar_ssp_v1.0").is_dir():
         rows += list(_mastar(manga / "mastar_ssp_v1.0", grid))
+    if (data / "kinney_calzetti").is_dir():
+        rows += list(_kinney_calzetti(data / "kinney_calzetti", grid))
     if not rows:
         raise FileNotFoundError(f"no real spectra under {data}")
     names, families, z, flux, valid = zip(*rows)
