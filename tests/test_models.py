@@ -157,3 +157,35 @@ def test_shift_resnet_branch_is_redshift_equivariant_and_starts_at_zero():
         build_model("resnet1d-shift", 512, "regression", 800, wave_edges=edges, z_range=(1.0, 1.8))
     with pytest.raises(ValueError, match="binned estimator"):
         build_model("resnet1d-shift", 512, "classification", 800, wave_edges=edges)
+
+
+@pytest.mark.parametrize("stride, kernel, length", [(1, 5, 37), (2, 5, 64), (2, 7, 101), (2, 1, 33)])
+def test_channels_last_layers_compute_what_conv1d_and_batchnorm1d_compute(stride, kernel, length):
+    """Conv1dNHWC / BatchNorm1dNHWC: the same state dict, outputs and gradients as the plain torch layers
+    (float64 against float64), in training and in eval mode, odd lengths included."""
+    from zfast.models import BatchNorm1dNHWC, Conv1dNHWC
+
+    g = torch.Generator().manual_seed(length)
+    fast = torch.nn.Sequential(Conv1dNHWC(3, 6, kernel, stride=stride, padding=kernel // 2, bias=False),
+                               BatchNorm1dNHWC(6), torch.nn.SiLU()).double()  # fmt: skip
+    plain = torch.nn.Sequential(torch.nn.Conv1d(3, 6, kernel, stride=stride, padding=kernel // 2, bias=False),
+                                torch.nn.BatchNorm1d(6), torch.nn.SiLU()).double()  # fmt: skip
+    with torch.no_grad():
+        fast[0].weight.copy_(torch.randn(fast[0].weight.shape, generator=g, dtype=torch.float64))
+        fast[1].weight.copy_(1 + torch.rand(6, generator=g, dtype=torch.float64))
+        fast[1].bias.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+    plain.load_state_dict(fast.state_dict())
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(5, 3, length, generator=g, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = fast(xa), plain(xb)
+    assert ya.shape == yb.shape == (5, 6, (length + 2 * (kernel // 2) - kernel) // stride + 1)
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(ya.shape, generator=g, dtype=torch.float64)
+    (ya * weights).sum().backward()
+    (yb * weights).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast[0].weight.grad, plain[0].weight.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast[1].running_mean, plain[1].running_mean)
+    fast.eval(), plain.eval()
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-12, atol=1e-12)

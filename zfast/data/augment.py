@@ -12,6 +12,7 @@ the network never saw in training.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -110,8 +111,10 @@ class Perturbations:
         return self.bad_pixel_prob > 0 or self.distortion > 0 or self.noise_variation > 0
 
 
+@functools.lru_cache(maxsize=16)
 def legendre_basis(n_pixels: int, order: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """[order, n_pixels]: Legendre polynomials P_1..P_order at the pixels, x = -1 at the first, +1 at the last."""
+    """[order, n_pixels]: Legendre polynomials P_1..P_order at the pixels, x = -1 at the first, +1 at the last
+    (cached: the training loop asks for the same basis every batch; do not modify the returned tensor)."""
     x = torch.linspace(-1.0, 1.0, n_pixels, device=device, dtype=torch.float64)
     rows, previous, current = [], torch.ones_like(x), x
     for k in range(1, order + 1):
