@@ -73,7 +73,7 @@ def test_augment(benchmark, device, provider):
         model = paper_like_cnn(instrument.n_pixels).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
         flux, _, z, _ = next(pipeline)
-        labels = zfast.z_to_bin(z, zfast.redshift_bin_edges()).to(device)
+        labels = zfast.bins.z_to_bin(z, zfast.redshift_bin_edges()).to(device)
 
         def run():
             optimiser.zero_grad(set_to_none=True)

@@ -10,7 +10,7 @@ the same inputs:
     native          zfast.jsd_entropy(logits, target): the fused kernel (loss and gradient in one pass per
                     row, backward scales the saved gradient), default value checks
     native-nocheck  the same with check=False, so the difference from native is the validation cost
-    torch           zfast.jsd_entropy_reference, eager (log_softmax, autograd backward): the package's own
+    torch           zfast.ops.jsd_entropy_reference, eager (log_softmax, autograd backward): the package's own
                     reference, not a copy
     torch.compile   torch.compile of that reference (compiled and warmed up before timing)
 

@@ -23,18 +23,18 @@ def test_paper_bin_edges():
 def test_z_to_bin_half_open_bins(generator):
     edges = zfast.redshift_bin_edges(1.0, 1.8, 80)
     z = torch.tensor([1.0, 1.00999, 1.01, 1.555, 1.79999, 1.8], dtype=torch.float64)
-    assert zfast.z_to_bin(z, edges).tolist() == [0, 0, 1, 55, 79, 79]
+    assert zfast.bins.z_to_bin(z, edges).tolist() == [0, 0, 1, 55, 79, 79]
     random_z = 1.0 + 0.8 * torch.rand(1000, dtype=torch.float64, generator=generator)
-    index = zfast.z_to_bin(random_z, edges)
+    index = zfast.bins.z_to_bin(random_z, edges)
     assert torch.all(edges[index] <= random_z) and torch.all(random_z < edges[index + 1])
 
 
 def test_regression_target_round_trip(generator):
     edges = zfast.redshift_bin_edges()
     z = 1.0 + 0.8 * torch.rand(100, dtype=torch.float64, generator=generator)
-    target = zfast.z_to_target(z, edges)
+    target = zfast.bins.z_to_target(z, edges)
     assert target.min() >= 0 and target.max() < 1
-    torch.testing.assert_close(zfast.target_to_z(target, edges), z)
+    torch.testing.assert_close(zfast.bins.target_to_z(target, edges), z)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "box"])
@@ -117,11 +117,11 @@ def test_pz_summary_bimodal_mode_picks_the_higher_peak():
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda e: zfast.z_to_bin(torch.tensor([0.9]), e), ValueError, r"z\[0\] = 0.9 is outside the bins \[1, 1.8\]"),
-        (lambda e: zfast.z_to_bin(torch.tensor([1.2, math.nan]), e), ValueError, r"non-finite.*z\[1\]"),
-        (lambda e: zfast.z_to_bin(torch.tensor([1, 2]), e), TypeError, "floating-point"),
-        (lambda e: zfast.z_to_bin(torch.tensor([[1.2]]), e), ValueError, "1-D"),
-        (lambda e: zfast.z_to_bin(torch.tensor([1.2]), e.flip(0)), ValueError, "strictly increasing"),
+        (lambda e: zfast.bins.z_to_bin(torch.tensor([0.9]), e), ValueError, r"z\[0\] = 0.9 is outside the bins \[1, 1.8\]"),
+        (lambda e: zfast.bins.z_to_bin(torch.tensor([1.2, math.nan]), e), ValueError, r"non-finite.*z\[1\]"),
+        (lambda e: zfast.bins.z_to_bin(torch.tensor([1, 2]), e), TypeError, "floating-point"),
+        (lambda e: zfast.bins.z_to_bin(torch.tensor([[1.2]]), e), ValueError, "1-D"),
+        (lambda e: zfast.bins.z_to_bin(torch.tensor([1.2]), e.flip(0)), ValueError, "strictly increasing"),
         (lambda e: zfast.soft_labels(torch.tensor([1.2]), e, 0.0), ValueError, "sigma must be finite and > 0"),
         (lambda e: zfast.soft_labels(torch.tensor([1.2]), e, torch.ones(2)), ValueError, "sigma must be a number or a"),
         (lambda e: zfast.soft_labels(torch.tensor([1.2]), e, 0.01, kind="lorentz"), ValueError, "kind must be"),

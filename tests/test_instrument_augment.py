@@ -93,7 +93,7 @@ def test_snr_is_drawn_log_uniform_in_the_range():
 def test_normalise_is_finite_for_zero_negative_and_sparse_spectra():
     flux = torch.tensor([[0.0, 0.0, 0.0], [-2.0, -4.0, -6.0], [0.0, 0.0, 5.0], [1.0, 2.0, 3.0]])
     ivar = torch.ones_like(flux)
-    normed, normed_ivar, scale = zfast.normalise(flux, ivar)
+    normed, normed_ivar, scale = zfast.data.normalise(flux, ivar)
     assert torch.isfinite(normed).all() and torch.isfinite(normed_ivar).all()
     torch.testing.assert_close(scale.flatten(), torch.tensor([1.0, 4.0, 5.0, 2.0]))
     torch.testing.assert_close(normed[3], torch.tensor([0.5, 1.0, 1.5]))
@@ -109,7 +109,7 @@ def test_normalise_masks_pixels_and_takes_the_level_from_valid_ones_only():
     flux[1, 100:400] = 1e30
     ivar[2, 5] = math.nan
     flux[3] = math.nan  # nothing valid at all
-    normed, normed_ivar, scale = zfast.normalise(flux, ivar)
+    normed, normed_ivar, scale = zfast.data.normalise(flux, ivar)
     valid = torch.isfinite(flux) & (ivar > 0)
     assert torch.equal(normed == 0, ~valid) and torch.equal(normed_ivar == 0, ~valid)
     for b in range(3):  # the level is the median of the valid sampled pixels (every 10th of 640)
@@ -147,22 +147,22 @@ def test_training_gaps_are_contiguous_bounded_and_zero(generator, mask_prob):
 
 @pytest.mark.parametrize("n_seds", [3, 10, 1001])
 def test_splits_are_disjoint_complete_and_seeded(n_seds):
-    split = zfast.split_by_sed(n_seds, seed=3)
+    split = zfast.data.split_by_sed(n_seds, seed=3)
     union = torch.cat(list(split.values()))
     assert union.numel() == n_seds and torch.equal(union.sort().values, torch.arange(n_seds))
     for a in ("train", "val", "test"):
         assert split[a].numel() >= 1
-    again = zfast.split_by_sed(n_seds, seed=3)
+    again = zfast.data.split_by_sed(n_seds, seed=3)
     assert all(torch.equal(split[k], again[k]) for k in split)
     if n_seds > 10:
-        assert not torch.equal(zfast.split_by_sed(n_seds, seed=4)["test"], split["test"])
+        assert not torch.equal(zfast.data.split_by_sed(n_seds, seed=4)["test"], split["test"])
 
 
 def test_pipeline_draws_only_from_its_split_and_is_deterministic(generator):
     library = random_library(generator, n_seds=50)
     nisp = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white"))
     train = zfast.AugmentedSpectra(library, nisp, split="train", batch_size=128, seed=1)
-    test_indices = zfast.split_by_sed(50)["test"]
+    test_indices = zfast.data.split_by_sed(50)["test"]
     for _ in range(3):
         _, _, z, sed_index = next(train)
         assert not torch.isin(sed_index, test_indices).any()
@@ -176,10 +176,10 @@ def test_pipeline_draws_only_from_its_split_and_is_deterministic(generator):
 def test_sed_weights_set_how_often_each_sed_is_drawn(generator):
     library = random_library(generator, n_seds=30)
     nisp = zfast.Instrument.preset("euclid-nisp-red", zfast.NoiseModel("white"))
-    train_seds = zfast.split_by_sed(30)["train"]
+    train_seds = zfast.data.split_by_sed(30)["train"]
     weights = torch.zeros(30, dtype=torch.float64)
     weights[train_seds[:2]] = torch.tensor([1.0, 3.0], dtype=torch.float64)  # two SEDs, 1 : 3
-    weights[zfast.split_by_sed(30)["test"]] = 100.0  # not in the split: never drawn
+    weights[zfast.data.split_by_sed(30)["test"]] = 100.0  # not in the split: never drawn
     data = zfast.AugmentedSpectra(library, nisp, split="train", batch_size=4000, seed=2, sed_weights=weights)
     _, _, _, sed_index = next(data)
     assert set(sed_index.tolist()) == set(train_seds[:2].tolist())
@@ -304,7 +304,7 @@ def test_user_z_prior_is_followed(generator):
 def test_splits_round_trip_through_a_file(tmp_path):
     from zfast.data import load_splits, save_splits
 
-    split = zfast.split_by_sed(1000, seed=11)
+    split = zfast.data.split_by_sed(1000, seed=11)
     save_splits(tmp_path / "splits.json", split, n_seds=1000, seed=11, library="default")
     loaded = load_splits(tmp_path / "splits.json")
     assert loaded["seed"] == 11 and loaded["library"] == "default"

@@ -68,6 +68,23 @@ def test_heads_per_estimator():
         PaperCNN(4, 8)
 
 
+@pytest.mark.parametrize("estimator", ["regression", "classification"])
+@pytest.mark.parametrize("outside", [False, True])
+def test_split_outside_undoes_build_models_outside_logit(estimator, outside):
+    """One definition (zfast.models.registry): the head build_model adds for ``outside`` is what split_outside removes."""
+    from zfast.models import registry, split_outside
+
+    assert split_outside is registry.split_outside
+    out = build_model("paper-cnn", 128, estimator, 40, outside=outside).eval()(torch.randn(3, 128))
+    assert out.shape == (3, head_size(estimator, 40) + outside)
+    estimate, logit = split_outside(out, outside)
+    assert estimate.shape == (3, head_size(estimator, 40))
+    if outside:
+        assert logit.shape == (3,) and torch.equal(torch.cat([estimate, logit[:, None]], dim=1), out)
+    else:
+        assert logit is None and estimate is out
+
+
 def test_log_grid_resnet_resamples_onto_log_lambda_conserving_flux():
     from zfast.data.instrument import Instrument
     from zfast.models import LogGridResNet1D

@@ -17,7 +17,16 @@ import pytest
 import torch
 
 import zfast
-from zfast import inference, train
+from zfast.checkpoint import EnsembleModel
+from zfast.cli import predict as predict_cli
+from zfast.cli import train as train_cli
+from zfast.data.sets import load_library
+from zfast.io import predict_file
+from zfast.models import split_outside
+from zfast.predict import prepare_spectra
+from zfast.training import config as training_config
+from zfast.training import evaluation, streams
+from zfast import checkpoint
 from zfast.calibration import SNR_EDGES
 from zfast.bins import redshift_bin_edges
 
@@ -25,9 +34,9 @@ from zfast.bins import redshift_bin_edges
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    train.main(["--preset", "quick", "--model", "paper-cnn", "--n-bins", "80", "--steps", "150", "--eval-every", "150",
+    train_cli.main(["--preset", "quick", "--model", "paper-cnn", "--n-bins", "80", "--steps", "150", "--eval-every", "150",
                 "--n-val", "512", "--n-test", "64", "--batch-size", "64", "--lr", "2e-3", "--out", str(out)])  # fmt: skip
-    config = train.config_from_state(train.load_checkpoint(out / "best.pt"))
+    config = training_config.config_from_dict(checkpoint.read(out / "best.pt").config)
     return out / "best.pt", config
 
 
@@ -40,9 +49,9 @@ def model(trained):
 def test_spectra(trained):
     """Raw (un-normalised) noisy test spectra on the model's pixels, with their normalised form and truth."""
     _, c = trained
-    library = train.load_library(c.library)
-    instrument = train.make_instrument(c)
-    data = train.augmented(c, library, instrument, "test")
+    library = load_library(c.library)
+    instrument = streams.make_instrument(c)
+    data = streams.augmented(c, library, instrument, "test")
     g = torch.Generator().manual_seed(5)
     sed = data.sed_indices[torch.randint(0, data.sed_indices.numel(), (70,), generator=g)]
     z = 1.0 + 0.8 * torch.rand(70, generator=g, dtype=torch.float64)
@@ -55,8 +64,8 @@ def test_spectra_on_the_model_grid_get_exactly_the_training_prediction(trained, 
     _, c = trained
     instrument, flux, ivar, z = test_spectra
     got = zfast.predict(model, instrument.wavelength, flux, ivar)
-    normalised, _, _ = zfast.normalise(flux.float(), ivar.float())
-    expected = train.predict(model.network, c, normalised, model.bin_edges)["z"]
+    normalised, _, _ = zfast.data.normalise(flux.float(), ivar.float())
+    expected = evaluation.predict_set(model.network, c, normalised, model.bin_edges)["z"]
     torch.testing.assert_close(got["z"], expected.double(), atol=2e-5, rtol=0)
     assert got["valid_fraction"].eq(1).all() and not got["flag_few_pixels"].any()
     assert (got["z_lo68"] < got["z_hi68"]).all()  # (a multimodal P(z) may put its mode outside the interval)
@@ -71,14 +80,14 @@ def test_pz_carries_the_checkpoints_per_snr_temperature(model, test_spectra):
     from zfast.calibration import calibrated_probs
 
     instrument, flux, ivar, _ = test_spectra
-    temperatures = model.stats["temperatures"]
+    temperatures = model.stats.calibration["temperatures"]
     n_bins = len(SNR_EDGES) - 1
     assert temperatures.shape[-1] == n_bins and (temperatures > 0).all() and not torch.equal(temperatures, torch.ones_like(temperatures))
     got = zfast.predict(model, instrument.wavelength, flux, ivar, pz=True)
-    normalised, _ = inference.prepare_spectra(model, instrument.wavelength, flux, ivar)[:2]
+    normalised, _ = prepare_spectra(model, instrument.wavelength, flux, ivar)[:2]
     with torch.no_grad():
         logits = model.network(normalised)[:, :-1]  # the last output is P(outside) (model.outside)
-    expected = calibrated_probs(logits, got["snr"], model.stats, model.bin_edges).float()
+    expected = calibrated_probs(logits, got["snr"], model.stats.calibration, model.bin_edges).float()
     torch.testing.assert_close(got["pz"], expected, atol=1e-6, rtol=1e-4)
     plain = torch.softmax(logits.double(), dim=1).float()
     assert (got["pz"] - plain).abs().max() > 1e-3  # the temperature changed P(z)
@@ -121,7 +130,7 @@ def test_masked_pixels_match_training_masks(model, test_spectra):
     torch.testing.assert_close(by_nan["valid_fraction"], expected_fraction)
     assert by_nan["flag_few_pixels"].tolist() == [i == 3 for i in range(flux.shape[0])]
     # The network sees masked pixels as 0 after normalisation, exactly what training's gaps look like.
-    prepared, _, _ = inference.prepare_spectra(model, instrument.wavelength, flux.masked_fill(bad, math.nan), ivar)
+    prepared, _, _ = prepare_spectra(model, instrument.wavelength, flux.masked_fill(bad, math.nan), ivar)
     assert prepared[:, 100:140].eq(0).all() and prepared[[0, 1, 2, 4], 140:].ne(0).all()
 
 
@@ -130,7 +139,7 @@ def resnet_model(tmp_path_factory):
     """A small ResNet1D (~15 s on 2 cores): with it, the penultimate features alone did not separate the
     garbage below from galaxies (its features sit near the training mean); the layer statistics do."""
     out = tmp_path_factory.mktemp("resnet")
-    train.main(["--preset", "quick", "--n-bins", "80", "--steps", "150", "--eval-every", "150", "--n-val", "512",
+    train_cli.main(["--preset", "quick", "--n-bins", "80", "--steps", "150", "--eval-every", "150", "--n-val", "512",
                 "--n-test", "64", "--batch-size", "64", "--out", str(out)])  # fmt: skip
     return zfast.load_model(out / "best.pt", "cpu")
 
@@ -148,7 +157,7 @@ def test_ood_score_flags_what_the_model_never_saw(request, which, test_spectra):
         torch.where(torch.arange(m) % 50 < 25, 1.0, 5.0).double().expand(10, m).clone(),  # a square wave
     ])  # fmt: skip
     odd = zfast.predict(model, instrument.wavelength, garbage)
-    assert model.stats["ood_threshold"] > 0
+    assert model.stats.ood.threshold > 0
     assert odd["flag_ood"].double().mean() >= 0.9
     assert good["flag_ood"].double().mean() <= 0.1
     assert odd["ood_score"].median() > 3 * good["ood_score"].median()
@@ -161,9 +170,9 @@ def test_galaxies_beyond_the_trained_range_are_flagged(trained, model, test_spec
     instrument, flux, ivar, _ = test_spectra
     inside = zfast.predict(model, instrument.wavelength, flux, ivar)
     assert model.outside and inside["p_outside"].isfinite().all()
-    library = train.load_library(c.library)
+    library = load_library(c.library)
     g = torch.Generator().manual_seed(11)
-    sed = train.run_splits(c, library)["test"][torch.randint(0, 100, (120,), generator=g)]
+    sed = streams.splits(c, library)["test"][torch.randint(0, 100, (120,), generator=g)]
     z = torch.cat([0.8 + 0.15 * torch.rand(40, generator=g, dtype=torch.float64),  # below the range
                    2.0 + 0.4 * torch.rand(80, generator=g, dtype=torch.float64)])  # above: Hα beyond the band  # fmt: skip
     beyond_flux, beyond_ivar = instrument.observe(library.redshift_resample(sed, z, instrument.wave_edges).double(), g)
@@ -207,7 +216,7 @@ def test_files_in_every_format_give_the_api_table(model, trained, test_spectra, 
     api64 = zfast.predict(model, wave, flux, ivar, pz=True)
     for name in ("in.npz", "in_compressed.npz", "in.h5", "in_images.fits", "in_table.fits"):
         out = tmp_path / f"{name}.csv"
-        assert inference.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / name), "--output", str(out),
+        assert predict_cli.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / name), "--output", str(out),
                                "--pz", "--batch-size", "17", "--device", "cpu"]) == 0  # fmt: skip
         with open(out) as stream:
             rows = list(csv.DictReader(stream))
@@ -220,7 +229,7 @@ def test_files_in_every_format_give_the_api_table(model, trained, test_spectra, 
         np.testing.assert_allclose(pz.sum(axis=1), 1.0, atol=1e-3)
     fits = pytest.importorskip("astropy.io.fits")
     out = tmp_path / "z.fits"
-    inference.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.h5"), "--output", str(out), "--pz", "--device", "cpu"])
+    predict_cli.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.h5"), "--output", str(out), "--pz", "--device", "cpu"])
     with fits.open(out) as hdul:
         table = hdul["REDSHIFTS"]
         np.testing.assert_allclose(table.data["Z"], api64["z"].numpy(), atol=1e-12)
@@ -237,7 +246,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(trained, model, tmp_path):
     def run(path, expected):
         out = tmp_path / "z.csv"
         with pytest.raises(SystemExit, match=expected):
-            inference.main(["--checkpoint", ckpt, "--input", str(path), "--output", str(out)])
+            predict_cli.main(["--checkpoint", ckpt, "--input", str(path), "--output", str(out)])
         assert not out.exists() and not any(p.name.startswith(".z.csv") for p in tmp_path.iterdir())
 
     np.savez(tmp_path / "no_flux.npz", wavelength=wave)
@@ -257,30 +266,30 @@ def test_bad_inputs_fail_clearly_and_write_nothing(trained, model, tmp_path):
     run(tmp_path / "absent.npz", "no such input")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="not a readable zfast checkpoint"):
-        inference.main(["--checkpoint", str(tmp_path / "junk.pt"), "--input", str(tmp_path / "shape.npz"), "--output", str(tmp_path / "z.csv")])
+        predict_cli.main(["--checkpoint", str(tmp_path / "junk.pt"), "--input", str(tmp_path / "shape.npz"), "--output", str(tmp_path / "z.csv")])
     # A failure in the middle of a file (here: a chunk with negative ivar) leaves no partial table behind.
     ivar = np.ones((40, wave.size))
     ivar[33, 5] = -1
     np.savez(tmp_path / "late.npz", wavelength=wave, flux=np.ones((40, wave.size)), ivar=ivar)
     out = tmp_path / "late.csv"
     with pytest.raises(SystemExit, match="negative"):
-        inference.main(["--checkpoint", ckpt, "--input", str(tmp_path / "late.npz"), "--output", str(out), "--batch-size", "8"])
-    assert not out.exists() and not (tmp_path / ".late.csv.tmp").exists()
+        predict_cli.main(["--checkpoint", ckpt, "--input", str(tmp_path / "late.npz"), "--output", str(out), "--batch-size", "8"])
+    assert not out.exists() and not any(p.name.startswith(".late.csv") for p in tmp_path.iterdir())
     # An existing output is not overwritten without --overwrite.
     out.write_text("keep")
     with pytest.raises(SystemExit, match="exists"):
-        inference.main(["--checkpoint", ckpt, "--input", str(tmp_path / "in.npz"), "--output", str(out)])
+        predict_cli.main(["--checkpoint", ckpt, "--input", str(tmp_path / "in.npz"), "--output", str(out)])
     assert out.read_text() == "keep"
     with pytest.raises(ValueError, match="shape"):
         zfast.predict(model, wave, np.ones((2, 3, wave.size)))
 
 
 def test_regression_checkpoints_give_an_error_from_validation_scatter(tmp_path):
-    train.main(["--preset", "quick", "--estimator", "regression", "--model", "paper-cnn", "--steps", "4", "--eval-every", "4",
+    train_cli.main(["--preset", "quick", "--estimator", "regression", "--model", "paper-cnn", "--steps", "4", "--eval-every", "4",
                 "--n-val", "64", "--n-test", "32", "--batch-size", "32", "--outside-prob", "0", "--out", str(tmp_path / "run")])  # fmt: skip
     model = zfast.load_model(tmp_path / "run" / "best.pt", "cpu")
     assert not model.outside and "outside" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
-    scatter = model.stats["z_scatter"]
+    scatter = model.stats.z_scatter
     assert math.isfinite(scatter) and scatter > 0
     wave = model.instrument.wavelength
     got = zfast.predict(model, wave, 1.0 + 0.1 * torch.rand(5, wave.numel(), dtype=torch.float64))
@@ -289,14 +298,14 @@ def test_regression_checkpoints_give_an_error_from_validation_scatter(tmp_path):
     assert torch.isnan(got["p_outside"]).all()  # no outside output: only the range-end rule flags
     torch.testing.assert_close(got["flag_z_range"], (got["z"] < 1.004) | (got["z"] > 1.796), rtol=0, atol=0)
     with pytest.raises(ValueError, match="no P"):
-        inference.predict_file(model, "unused.npz", tmp_path / "z.csv", pz=True)
+        predict_file(model, "unused.npz", tmp_path / "z.csv", pz=True)
 
 
 @pytest.fixture(scope="module")
 def second(tmp_path_factory):
     """A second small model of the same recipe, another seed, trained without the outside output."""
     out = tmp_path_factory.mktemp("run2")
-    train.main(["--preset", "quick", "--model", "paper-cnn", "--n-bins", "80", "--steps", "100", "--eval-every", "100",
+    train_cli.main(["--preset", "quick", "--model", "paper-cnn", "--n-bins", "80", "--steps", "100", "--eval-every", "100",
                 "--n-val", "256", "--n-test", "32", "--batch-size", "64", "--lr", "2e-3", "--seed", "7",
                 "--outside-prob", "0", "--out", str(out)])  # fmt: skip
     return out / "best.pt"
@@ -319,9 +328,9 @@ def test_an_ensemble_averages_its_members_pz(trained, second, model, test_spectr
     # z: the refined mode of the members' mean plain softmax (from the networks' own outputs).
     plain = 0.0
     for m in (model, other):
-        normalised = inference.prepare_spectra(m, wave, flux, ivar)[0]
+        normalised = prepare_spectra(m, wave, flux, ivar)[0]
         with torch.no_grad():
-            logits = inference.split_outside(m.network(normalised), m.outside)[0]
+            logits = split_outside(m.network(normalised), m.outside)[0]
         plain = plain + 0.5 * torch.softmax(logits.double(), dim=1)
     torch.testing.assert_close(got["z"], refined_mode(plain, model.bin_edges), atol=1e-9, rtol=0)
     assert (got["z"] - members[0]["z"]).abs().max() > 1e-4  # the second member moved some redshifts
@@ -330,14 +339,14 @@ def test_an_ensemble_averages_its_members_pz(trained, second, model, test_spectr
     assert torch.equal(got["flag_ood"], members[0]["flag_ood"] & members[1]["flag_ood"])
     torch.testing.assert_close(got["ood_score"], 0.5 * (members[0]["ood_score"] + members[1]["ood_score"]))
     # One member alone is that member; the same member twice changes nothing.
-    twice = zfast.predict(zfast.EnsembleModel([model, model]), wave, flux, ivar, pz=True)
+    twice = zfast.predict(EnsembleModel([model, model]), wave, flux, ivar, pz=True)
     for key in ("z", "z_err", "z_lo68", "z_hi68", "pz", "p_outside", "ood_score"):
         torch.testing.assert_close(twice[key], members[0][key], atol=1e-9, rtol=1e-6)
     assert torch.equal(twice["flag_ood"], members[0]["flag_ood"])
     # zfast-predict with two checkpoints writes the API's table.
     np.savez(tmp_path / "in.npz", wavelength=wave.numpy(), flux=flux.numpy(), ivar=ivar.numpy().copy())
     out = tmp_path / "z.csv"
-    assert inference.main(["--checkpoint", str(trained[0]), str(second), "--input", str(tmp_path / "in.npz"),
+    assert predict_cli.main(["--checkpoint", str(trained[0]), str(second), "--input", str(tmp_path / "in.npz"),
                            "--output", str(out), "--device", "cpu"]) == 0  # fmt: skip
     with open(out) as stream:
         rows = list(csv.DictReader(stream))
@@ -346,17 +355,17 @@ def test_an_ensemble_averages_its_members_pz(trained, second, model, test_spectr
 
 def test_an_ensemble_refuses_members_that_cannot_be_averaged(trained, model, tmp_path):
     with pytest.raises(ValueError, match="at least one"):
-        zfast.EnsembleModel([])
+        EnsembleModel([])
     wider = zfast.load_model(trained[0], "cpu")
     wider.bin_edges = redshift_bin_edges(1.0, 1.8, 40)
     with pytest.raises(ValueError, match="bins differ"):
-        zfast.EnsembleModel([model, wider])
-    train.main(["--preset", "quick", "--estimator", "regression", "--model", "paper-cnn", "--steps", "2", "--eval-every", "2",
+        EnsembleModel([model, wider])
+    train_cli.main(["--preset", "quick", "--estimator", "regression", "--model", "paper-cnn", "--steps", "2", "--eval-every", "2",
                 "--n-val", "64", "--n-test", "32", "--batch-size", "32", "--out", str(tmp_path / "reg")])  # fmt: skip
     with pytest.raises(ValueError, match="regression"):
         zfast.load_ensemble([trained[0], tmp_path / "reg" / "best.pt"], "cpu")
     with pytest.raises(SystemExit, match="regression"):
-        inference.main(["--checkpoint", str(trained[0]), str(tmp_path / "reg" / "best.pt"), "--input", "x.npz", "--output",
+        predict_cli.main(["--checkpoint", str(trained[0]), str(tmp_path / "reg" / "best.pt"), "--input", "x.npz", "--output",
                         str(tmp_path / "z.csv")])  # fmt: skip
 
 
@@ -365,10 +374,10 @@ def test_an_ensemble_file_calibrates_the_mean_pz(trained, second, model, test_sp
 
     instrument, flux, ivar, _ = test_spectra
     wave = instrument.wavelength
-    assert train.main(["--ensemble", str(trained[0]), str(second), "--out", str(tmp_path / "ens"), "--device", "cpu"]) == 0
+    assert train_cli.main(["--ensemble", str(trained[0]), str(second), "--out", str(tmp_path / "ens"), "--device", "cpu"]) == 0
     ensemble = zfast.load_model(tmp_path / "ens" / "ensemble.pt", "cpu")
-    assert isinstance(ensemble, zfast.EnsembleModel) and len(ensemble.members) == 2
-    temperatures = ensemble.stats["temperatures"]
+    assert isinstance(ensemble, EnsembleModel) and len(ensemble.members) == 2
+    temperatures = ensemble.calibration["temperatures"]
     assert temperatures.shape[-1] == len(SNR_EDGES) - 1 and not torch.equal(temperatures, torch.ones_like(temperatures))
     plain_mix = zfast.predict([trained[0], second], wave, flux, ivar, pz=True, device="cpu")
     got = zfast.predict(ensemble, wave, flux, ivar, pz=True)
@@ -376,20 +385,20 @@ def test_an_ensemble_file_calibrates_the_mean_pz(trained, second, model, test_sp
     # P(z) = mean plain softmax ^ (1 / T(snr)), renormalised.
     mean_plain = 0.0
     for m in (model, zfast.load_model(second, "cpu")):
-        normalised = inference.prepare_spectra(m, wave, flux, ivar)[0]
+        normalised = prepare_spectra(m, wave, flux, ivar)[0]
         with torch.no_grad():
-            mean_plain = mean_plain + 0.5 * torch.softmax(inference.split_outside(m.network(normalised), m.outside)[0].double(), dim=1)
-    expected = calibrated_probs(torch.log(mean_plain), got["snr"], ensemble.stats, ensemble.bin_edges)
+            mean_plain = mean_plain + 0.5 * torch.softmax(split_outside(m.network(normalised), m.outside)[0].double(), dim=1)
+    expected = calibrated_probs(torch.log(mean_plain), got["snr"], ensemble.calibration, ensemble.bin_edges)
     torch.testing.assert_close(got["pz"].double(), expected, atol=1e-6, rtol=1e-4)
     # The file holds weights, not paths: it works after the runs are gone, and through zfast-predict.
     np.savez(tmp_path / "in.npz", wavelength=wave.numpy(), flux=flux.numpy(), ivar=ivar.numpy().copy())
-    assert inference.main(["--checkpoint", str(tmp_path / "ens" / "ensemble.pt"), "--input", str(tmp_path / "in.npz"),
+    assert predict_cli.main(["--checkpoint", str(tmp_path / "ens" / "ensemble.pt"), "--input", str(tmp_path / "in.npz"),
                            "--output", str(tmp_path / "z.csv"), "--device", "cpu"]) == 0  # fmt: skip
     with open(tmp_path / "z.csv") as stream:
         rows = list(csv.DictReader(stream))
     np.testing.assert_allclose([float(r["z_hi68"]) for r in rows], got["z_hi68"].numpy(), atol=1e-5)
     with pytest.raises(SystemExit, match="at least two"):
-        train.main(["--ensemble", str(trained[0]), "--out", str(tmp_path / "one")])
+        train_cli.main(["--ensemble", str(trained[0]), "--out", str(tmp_path / "one")])
 
 
 def test_template_columns_fit_every_spectrum_with_a_library(trained, model, test_spectra, tmp_path):
@@ -397,7 +406,7 @@ def test_template_columns_fit_every_spectrum_with_a_library(trained, model, test
     network reads. With the true SEDs among the templates, noiseless spectra come back at their z and SED, and
     noisy ones at χ² ~ 1 per pixel (so the propagated ivar is right); the CLI writes the same columns."""
     _, c = trained
-    library = train.load_library(c.library)
+    library = load_library(c.library)
     instrument, flux, ivar, _ = test_spectra
     g = torch.Generator().manual_seed(11)
     sed = torch.randint(0, len(library), (6,), generator=g)
@@ -408,7 +417,7 @@ def test_template_columns_fit_every_spectrum_with_a_library(trained, model, test
     assert torch.equal(got["template_sed"].long(), sed)
     assert (got["z_template"] - z6).abs().max() < 2e-5
     # Noisy spectra (white noise, SNR 3-30) with their own SEDs among the templates: reduced χ² ~ 1.
-    data = train.augmented(c, library, train.make_instrument(c), "test")
+    data = streams.augmented(c, library, streams.make_instrument(c), "test")
     raw_sed = data.sed_indices[torch.randint(0, data.sed_indices.numel(), (40,), generator=g)]
     z40 = 1.0 + 0.8 * torch.rand(40, generator=g, dtype=torch.float64)
     noisy, noisy_ivar = instrument.observe(library.redshift_resample(raw_sed, z40, instrument.wave_edges).double(), g)
@@ -421,18 +430,18 @@ def test_template_columns_fit_every_spectrum_with_a_library(trained, model, test
     assert 0.6 < float(ratio.quantile(0.68)) < 1.6
     # "training": the checkpoint's own library and training split; the CLI writes the three columns.
     api = zfast.predict(model, instrument.wavelength, flux[:9], ivar[:9], templates="training")
-    seds = train.run_splits(c, library)["train"]
+    seds = streams.splits(c, library)["train"]
     assert torch.isin(api["template_sed"].long(), seds).all()
     np.savez(tmp_path / "in.npz", wavelength=instrument.wavelength.numpy(), flux=flux[:9].numpy(), ivar=ivar[:9].numpy().copy())
     out = tmp_path / "z.csv"
-    assert inference.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.npz"), "--output", str(out),
+    assert predict_cli.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.npz"), "--output", str(out),
                            "--templates", "training", "--device", "cpu"]) == 0  # fmt: skip
     with open(out) as stream:
         rows = list(csv.DictReader(stream))
     np.testing.assert_allclose([float(r["z_template"]) for r in rows], api["z_template"].numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose([float(r["template_sed"]) for r in rows], api["template_sed"].numpy())
     with pytest.raises(SystemExit, match="zfast-predict"):
-        inference.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.npz"), "--output",
+        predict_cli.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.npz"), "--output",
                         str(tmp_path / "bad.csv"), "--templates", str(tmp_path / "missing.h5"), "--device", "cpu"])  # fmt: skip
     assert not (tmp_path / "bad.csv").exists()
     # A spectrum with no valid pixel gets NaN template columns (and its flag), not an arbitrary grid point.

@@ -52,8 +52,8 @@ def test_to_rest_grid_conserves_flux_and_never_invents_masked_pixels():
     grid, z = real_galaxies.rest_grid(), 0.05
     rest, cover = real_galaxies.to_rest_grid(wave, flux, valid, z, grid)
     # ∫ f_rest dλ_rest over whole rest pixels = ∫ f_obs dλ_obs over the same stretch times (1+z)
-    edges = zfast.pixel_edges(torch.as_tensor(grid)).numpy()
-    obs_edges = zfast.pixel_edges(torch.as_tensor(wave)).numpy()
+    edges = zfast.ops.pixel_edges(torch.as_tensor(grid)).numpy()
+    obs_edges = zfast.ops.pixel_edges(torch.as_tensor(wave)).numpy()
     cumulative = np.concatenate([[0.0], np.cumsum(flux * np.diff(obs_edges))])
     block = np.flatnonzero((edges[:-1] * (1 + z) > obs_edges[10]) & (edges[1:] * (1 + z) < obs_edges[990]))
     lo, hi = edges[block[0]] * (1 + z), edges[block[-1] + 1] * (1 + z)

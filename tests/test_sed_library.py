@@ -38,7 +38,7 @@ def test_linear_grid_is_resampled_conserving_flux(generator):
     wave = torch.linspace(3500.0, 10500.0, 3001, dtype=torch.float64)  # 2.33 Å pixels, not log-uniform
     flux = torch.rand(4, 3001, dtype=torch.float64, generator=generator) + 0.1
     library = zfast.SEDLibrary(wave, flux)
-    edges_in = zfast.pixel_edges(wave)
+    edges_in = zfast.ops.pixel_edges(wave)
     ln_steps = torch.diff(torch.log(wave))
     assert math.isclose(library.dln, ln_steps.min().item(), rel_tol=1e-12)
     assert library.edges[0] >= edges_in[0] * (1 - 1e-12) and library.edges[-1] <= edges_in[-1] * (1 + 1e-12)

@@ -115,19 +115,19 @@ def test_library_fit_on_cuda_matches_the_cpu():
 
 
 def test_z_err_is_the_delta_chi2_of_one_half_width():
-    from zfast.template_fit import _chi2, _weights, library_fit_redshift
+    from zfast.template_fit import fit_weights, library_fit_redshift, template_chi2
 
     library, instrument, flux, ivar, _, _ = _spectra(zfast.NoiseModel("white", snr=(5.0, 20.0)), n=16, seed=11)
     fit = library_fit_redshift(library, instrument, flux, ivar, torch.arange(0, len(library), 5))
     assert (fit["z_err"] > 0).all()
-    weight, f = _weights(flux.double(), ivar.double())
+    weight, f = fit_weights(flux.double(), ivar.double())
     # Brute force (float64, the best SED): the χ² minimum on a 1e-7 grid, then χ² at that minimum ± z_err rises by
     # one on average over the two sides (a valley's sides differ; its widths here run from 5e-6 to 2e-3).
     offsets = torch.linspace(-1e-4, 1e-4, 2001, dtype=torch.float64)
-    dense = _chi2(library, instrument, fit["sed"], f, weight, fit["z"][:, None] + offsets)
+    dense = template_chi2(library, instrument, fit["sed"], f, weight, fit["z"][:, None] + offsets)
     z_min = fit["z"] + offsets[dense.argmin(dim=1)]
     grid = torch.stack([z_min, z_min - fit["z_err"], z_min + fit["z_err"]], dim=1)
-    chi = _chi2(library, instrument, fit["sed"], f, weight, grid)
+    chi = template_chi2(library, instrument, fit["sed"], f, weight, grid)
     rise = (chi[:, 1:] - chi[:, :1]).mean(dim=1)
     assert fit["z_err"].max() > 3e-4 and fit["z_err"].min() < 3e-5  # narrow and wide valleys both checked
     torch.testing.assert_close(rise, torch.ones_like(rise), rtol=0.2, atol=0)

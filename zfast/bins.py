@@ -21,7 +21,7 @@ from typing import NamedTuple, Union
 
 import torch
 
-from .ops._checks import as_grid, check_increasing
+from .ops.checks import as_grid, check_increasing
 
 
 def redshift_bin_edges(z_min: float = 1.0, z_max: float = 1.8, n_bins: int = 800) -> torch.Tensor:

@@ -1,26 +1,34 @@
-"""Calibration of P(z) intervals: a softmax temperature per signal-to-noise bin, fitted on validation spectra.
+"""Calibration of P(z) intervals: one softmax temperature per (peak group, SNR bin), fitted on validation spectra.
 
-Measured (benchmarks/results/paper_table.md): an 800-bin classifier's 68 % intervals covered 96 % of noiseless,
-87 % of SNR-10 and 78 % of SNR-3 test redshifts. Noiseless errors (~6e-5) are far below a bin (0.001), so the
-network's spread over neighbouring bins makes the interval too wide; and how wide depends on the noise. One
-temperature cannot fix every level (T = 0.5 gave 85 / 71 / 66 %), so zfast fits one per SNR bin: P(z) =
-softmax(logits / T_k) with k the bin of the spectrum's continuum SNR (``spectrum_snr``), T_k the value of a
-log-spaced grid whose 68 % intervals cover closest to 68 % of the validation spectra in that bin. Bins with fewer
-than ``MIN_SPECTRA`` validation spectra take the temperature of the nearest bin that has enough (T = 1 if none
-has). The bins were five (edges 0, 5, 10, 20, 40) with 61 temperatures until the 68 % coverage of the table's
-800-bin classifier at SNR 3 came out at 63 %: the 0-5 bin's T was fitted on validation SNRs of 3-5 (the training
-range) and was too small at its low end; now eight bins, finer at low SNR. The temperatures run from 0.001 (the
-noiseless P(z) of distribution-trained networks, spread over a few 0.001 bins, needed T ~ 0.005: the grid used to stop
-at 0.02) to 10, and only on the branch where coverage still grows with T: beyond it P(z) is nearly flat over the
-whole range, and such a P covers ~68-78 % of uniform redshifts while saying nothing (the fit picked T = 10 for one
-such model's noiseless bin, 0.53 wide intervals; measured). zfast-train fits it at the end of a run on validation SEDs
-(with the training noise, plus noiseless spectra for the top bin) and stores it in the checkpoint; evaluation and
-``zfast.predict`` apply it. The fit's own sampling error matters: the coverage of n spectra scatters by
-sqrt(0.68 · 0.32 / n), 3.6 points with the ~170 per bin of a 1024-spectrum set, so zfast-train fits to a set of its own
-(``--n-calibration``, by default 8 x n_val within 1024-8192: ~1,000 per bin, 1.5 points). A sharper P(z) (T < 1) also moves no point estimate: the mode stays in its bin.
-Since CALIBRATION_VERSION 3 the bins are SNR × peak group (``PEAK_EDGES`` of ``peak_share``, the share of the plain
-P(z) near its peak): one temperature per SNR bin fixed only the average of spectra whose P(z) has one peak and those
-whose P(z) has several, and a test set with another mix (Euclid-like noise, the held-out recipe) missed.
+Why: a network's P(z) is not a calibrated posterior. On noiseless spectra its errors are far below a redshift bin,
+yet the softmax spreads over neighbouring bins, so its 68 % intervals are too wide; with noise they can be too
+narrow; and how far off depends on the noise. One temperature cannot fix every noise level, so the calibrated
+P(z) is softmax(logits / T[g, k]):
+
+* k, the SNR bin (``SNR_EDGES``, finer at low SNR, where the right temperature changes fastest; the last bin
+  holds noiseless spectra) of ``spectrum_snr``: the median sqrt(ivar) over valid pixels of a continuum-normalised
+  spectrum, i.e. the continuum SNR per pixel (dimensionless; +inf when noiseless).
+* g, the peak group (``PEAK_EDGES``) of ``peak_share``, the share of the plain softmax within ±0.01(1 + z) of its
+  peak: at one SNR a P(z) with one peak and one spread over several need different temperatures, and one
+  temperature per SNR bin would only be right for the validation set's mix of the two.
+
+``fit_temperatures`` picks each T[g, k] from ``TEMPERATURES`` (161 log-spaced values from 0.001 to 10; the low end
+for the noiseless P(z) of distribution-trained networks, spread over only a few bins): the value whose 68 %
+intervals (``pz_summary``'s equal-tailed interval) cover closest to 68 % of the validation redshifts in that cell,
+searched only on the branch where coverage still grows with T. Beyond that branch P(z) is nearly flat over the
+whole range, and a flat P "covers" about 68 % of uniformly drawn redshifts while saying nothing. Cells with fewer
+than ``MIN_SPECTRA`` spectra take the nearest fitted SNR bin's temperature (1 if none), groups without any the
+nearest group's.
+
+Shapes: logits [B, K] over redshift bins ``bin_edges`` [K + 1]; z, snr [B]. A fit (stored in the checkpoint) is a
+dict of tensors: "snr_edges" [n_snr + 1], "peak_edges" [n_peak + 1], "temperatures" and "counts" [n_peak, n_snr]
+([n_snr] without peak groups), "calibration_version" (``CALIBRATION_VERSION``).
+
+zfast-train fits it at the end of a run on validation SEDs (with the training noise, plus noiseless spectra for the
+top bin); evaluation and ``zfast.predict`` apply it. The fit's own sampling error matters: the coverage of n spectra
+scatters by sqrt(0.68 · 0.32 / n), 3.6 points with the ~170 per bin of a 1024-spectrum set, so zfast-train fits to a
+set of its own (``--n-calibration``, by default 8 x n_val within 1024-8192: ~1,000 per bin, 1.5 points). A
+temperature never moves the point estimate: z_mode is always that of the plain softmax (``calibrated_summary``).
 """
 
 from __future__ import annotations
@@ -39,10 +47,7 @@ MIN_SPECTRA = 50
 # per peak group too), so that benchmarks/paper_table.py --refit-calibration knows which checkpoints to refit.
 CALIBRATION_VERSION = 3
 # Groups of ``peak_share`` (the share of P(z) within ±0.01(1 + z) of its peak): at one SNR, a spectrum whose P(z) has
-# one peak and one whose P(z) spreads over several need different temperatures. Measured on the table's spectra (2048
-# per cell, temperatures refitted on each run's calibration set): the 4x-trained 800-class ResNet1D's 68 % coverage
-# went from 69.0 / 68.9 / 67.1 / 61.5 % (noiseless / SNR 10 / SNR 3 / Euclid-like, test SEDs) and 69.3 / 65.7 / 66.1 /
-# 59.7 % (held-out recipe) to 69.3 / 68.7 / 67.3 / 67.4 and 69.7 / 68.6 / 66.9 / 68.2 %.
+# one peak and one whose P(z) spreads over several need different temperatures.
 PEAK_EDGES = (0.0, 0.5, 0.9, 0.99, math.inf)
 
 
@@ -53,8 +58,10 @@ def spectrum_snr(ivar: torch.Tensor) -> torch.Tensor:
     return root.nanmedian(dim=1).values
 
 
-def _bins(snr: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    k = torch.searchsorted(edges, snr.contiguous(), right=True) - 1
+def bin_index(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """[B] int64 in [0, len(edges) - 2]: the bin [edges[k], edges[k + 1]) of each of ``values`` [B] (float64, like
+    ``edges``, increasing); values below the first edge go to the first bin, at or above the last to the last."""
+    k = torch.searchsorted(edges, values.contiguous(), right=True) - 1
     return k.clamp(0, edges.numel() - 2)
 
 
@@ -84,7 +91,7 @@ def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Ten
     level = 0.68
     edges = torch.tensor(SNR_EDGES, dtype=torch.float64)
     snr = torch.nan_to_num(snr.double().cpu(), nan=0.0)
-    k = _bins(snr, edges)
+    k = bin_index(snr, edges)
     logits, z = logits.double().cpu(), z.double().cpu()
     bin_edges = normalised_probs(logits[:1].softmax(dim=1), bin_edges.cpu())[1]  # validated, float64
     covered = interval_coverage(logits, z, bin_edges, TEMPERATURES, level)
@@ -94,7 +101,7 @@ def fit_temperatures(logits: torch.Tensor, z: torch.Tensor, bin_edges: torch.Ten
         out["temperatures"], out["counts"] = pick_temperatures(covered, k, n_snr, TEMPERATURES, level)
         return out
     peak_edges = torch.tensor(PEAK_EDGES, dtype=torch.float64)
-    group = _bins(peak_share(torch.softmax(logits, dim=1), bin_edges), peak_edges)
+    group = bin_index(peak_share(torch.softmax(logits, dim=1), bin_edges), peak_edges)
     out["temperatures"], out["counts"] = pick_grouped_temperatures(covered, k, group, len(PEAK_EDGES) - 1, n_snr, TEMPERATURES, level)
     out["peak_edges"] = peak_edges
     return out
@@ -171,7 +178,7 @@ def calibrated_summary(logits: torch.Tensor, snr: Optional[torch.Tensor], calibr
     """(P(z) [B, K], its ``pz_summary``) with the per-SNR temperatures (plain softmax without ``snr`` or a
     calibration), except z_mode: always that of the plain softmax, so a temperature never moves the point
     estimate (a small T can underflow the peak's neighbours, and the refinement would fall back to a coarser
-    parabola; measured: σ_NMAD 1.0e-3 -> 1.4e-3 for a small distribution-trained test model)."""
+    parabola)."""
     plain = torch.softmax(logits.double(), dim=1)
     if snr is None or not calibration or "temperatures" not in calibration:
         return plain, pz_summary(plain, bin_edges)
@@ -191,10 +198,10 @@ def calibrated_probs(logits: torch.Tensor, snr: Optional[torch.Tensor], calibrat
     edges = calibration["snr_edges"].to(logits.device, torch.float64)
     temperatures = calibration["temperatures"].to(logits.device, torch.float64)
     snr = torch.nan_to_num(snr.to(logits.device, torch.float64), nan=0.0)
-    k = _bins(snr, edges)
+    k = bin_index(snr, edges)
     if "peak_edges" not in calibration:
         return torch.softmax(logits / temperatures[k][:, None], dim=1)
     if bin_edges is None:
         raise ValueError("this calibration is per SNR bin and P(z) peak share: pass the model's bin_edges")
-    group = _bins(peak_share(torch.softmax(logits, dim=1), bin_edges), calibration["peak_edges"].to(logits.device, torch.float64))
+    group = bin_index(peak_share(torch.softmax(logits, dim=1), bin_edges), calibration["peak_edges"].to(logits.device, torch.float64))
     return torch.softmax(logits / temperatures[group, k][:, None], dim=1)

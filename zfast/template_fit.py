@@ -27,12 +27,8 @@ much of the likelihood the chosen valley holds; noiseless spectra: the reduced �
 is known (``fit_scale``), so that 68 % intervals cover 68 % of simulated spectra (as ``zfast.calibration`` does for the
 networks' softmax).
 
-It is a peer to the networks, not a limit. Measured on the table's spectra (benchmarks/paper_table.py, 7,202
-training SEDs as templates, 2048 spectra per condition): noiseless MAE 4.8e-5 with η = 0, white-noise SNR 10
-η(>0.01) 0.78 % (held-out recipe 1.03 %; on 32,768 spectra 0.62 / 0.90 %) against the best networks' 1.3-1.5 %
-(1.8-2.1 %); 68 % intervals (calibrated) covering 66-71 % in each of the 10 test cells (noiseless, SNR 10, SNR 3,
-Euclid-like, its target sample; test SEDs and held-out recipe);
-~11 spectra/s on 2 CPU cores, ~2,500/s on an H100.
+With a library of other galaxies as templates it is a peer to the networks, not a limit; its accuracy, coverage and
+speed against them are in the benchmark results (benchmarks/paper_table.py).
 """
 
 from __future__ import annotations
@@ -41,13 +37,16 @@ import math
 
 import torch
 
+from .calibration import SNR_EDGES, bin_index, pick_grouped_temperatures, pick_temperatures, share_near
 from .data.instrument import Instrument
 from .data.sed_library import SEDLibrary
 
 
-def _chi2(library: SEDLibrary, instrument: Instrument, sed: torch.Tensor, flux: torch.Tensor, weight: torch.Tensor,
+def template_chi2(library: SEDLibrary, instrument: Instrument, sed: torch.Tensor, flux: torch.Tensor, weight: torch.Tensor,
           z: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """χ²(z) minus Σ w f², [B, K], for spectra [B, M] against their own templates at z [B, K]."""
+    """χ²(z) minus Σ w f², [B, K] float64, of spectra ``flux`` [B, M] with weights ``weight`` [B, M]
+    (``fit_weights``) against their own templates, library SEDs ``sed`` [B], at the redshifts ``z`` [B, K]
+    (free amplitude per row and z)."""
     b, k = z.shape
     templates = library.redshift_resample(sed.repeat_interleave(k), z.reshape(-1), instrument.wave_edges.to(flux.device))
     templates = instrument.convolve_lsf(templates).reshape(b, k, -1).double()
@@ -62,29 +61,27 @@ def template_fit_redshift(library: SEDLibrary, instrument: Instrument, sed_index
                           z_range: tuple = (1.0, 1.8), step: float = 1e-3, chunk: int = 16) -> torch.Tensor:  # fmt: skip
     """Best-fit z [B] (float64) of spectra ``flux`` [B, M] (with ``ivar``) on ``instrument``'s pixels, each fitted
     with library SED ``sed_index[b]`` (see the module docstring). Any flux normalisation works."""
-    flux, ivar = flux.double(), ivar.double()
-    if flux.dim() != 2 or ivar.shape != flux.shape or flux.shape[1] != instrument.n_pixels:
-        raise ValueError(f"flux and ivar must be [B, {instrument.n_pixels}], got {tuple(flux.shape)}, {tuple(ivar.shape)}")
+    flux, ivar = _checked_spectra(instrument, flux, ivar)
     sed_index = torch.as_tensor(sed_index, dtype=torch.int64, device=flux.device)
     z_lo, z_hi = z_range
     n_coarse = int(round((z_hi - z_lo) / step))
     coarse = z_lo + step * torch.arange(n_coarse, dtype=torch.float64, device=flux.device)
     offsets = torch.arange(-20, 21, dtype=torch.float64, device=flux.device) / 20
-    weight, flux = _weights(flux, ivar)
+    weight, flux = fit_weights(flux, ivar)
     best = torch.empty(flux.shape[0], dtype=torch.float64, device=flux.device)
     for start in range(0, flux.shape[0], chunk):
         rows = slice(start, start + chunk)
         sed, f, w = sed_index[rows], flux[rows], weight[rows]
         grid = coarse.expand(sed.numel(), -1)
-        z0 = grid.gather(1, _chi2(library, instrument, sed, f, w, grid).argmin(dim=1, keepdim=True))
+        z0 = grid.gather(1, template_chi2(library, instrument, sed, f, w, grid).argmin(dim=1, keepdim=True))
         for level in (1, 2):
             fine = (z0 + step * offsets / 20 ** (level - 1)).clamp(z_lo, z_hi)
-            z0 = fine.gather(1, _chi2(library, instrument, sed, f, w, fine).argmin(dim=1, keepdim=True))
+            z0 = fine.gather(1, template_chi2(library, instrument, sed, f, w, fine).argmin(dim=1, keepdim=True))
         best[rows] = z0[:, 0]
     return best
 
 
-def _weights(flux: torch.Tensor, ivar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_weights(flux: torch.Tensor, ivar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(w, f): ivar with noiseless pixels (inf) at 1 and bad ones (ivar <= 0, NaN flux) at 0; f with bad pixels 0."""
     weight = torch.where(torch.isinf(ivar), 1.0, ivar)
     weight = torch.where(torch.isfinite(flux) & (weight > 0), weight, 0.0)
@@ -107,8 +104,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     ``n_refine`` best pairs of the whole grid, are each refined on grids 20x and 400x finer with their SED, in
     float64 (as ``template_fit_redshift``); the lowest χ² of the pairs within two coarse steps of the chosen valley
     wins (noiseless: of all pairs). Why several pairs: on the coarse grid the true z falls between points, where a
-    noiseless spectrum's own SED can score worse than a neighbour that happens to fit there (measured: 1 of 12
-    spectra with the true SED among 42 at step 4e-3, with a single pair refined).
+    noiseless spectrum's own SED can score worse than a neighbour that happens to fit there.
 
     Returns a dict of CPU tensors: "z" [B] float64, "sed" [B] (the best SED, an index into the library),
     "chi2" [B] (its χ² minus Σ w f², float64), "z_err" [B] (the Δχ² = 1 half-width of its χ² valley: a formal
@@ -118,9 +114,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     any flux units: the best SED's χ² minus Σ w f² at each coarse z) and "log_like_grid" [B, K] (log Σ_s exp(-χ²_s/2)
     at each coarse z, up to a constant per spectrum; NaN when no spectrum of the call is marginalised).
     """
-    flux, ivar = flux.double(), ivar.double()
-    if flux.dim() != 2 or ivar.shape != flux.shape or flux.shape[1] != instrument.n_pixels:
-        raise ValueError(f"flux and ivar must be [B, {instrument.n_pixels}], got {tuple(flux.shape)}, {tuple(ivar.shape)}")
+    flux, ivar = _checked_spectra(instrument, flux, ivar)
     z_lo, z_hi = z_range
     if not (z_hi > z_lo and step > 0):
         raise ValueError(f"need z_range = (lo, hi) with hi > lo and step > 0, got {z_range}, {step}")
@@ -131,22 +125,64 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     n_coarse = max(1, math.ceil((z_hi - z_lo) / step - 1e-9))
     grid = z_lo + step * (torch.arange(n_coarse, dtype=torch.float64) + 0.5)
     grid = grid.clamp(max=z_hi)
+    weight, flux = fit_weights(flux.to(device), ivar.to(device))
+    # Noiseless spectra (ivar = inf: unit weights) have no χ² scale to marginalise with: the best SED alone decides.
+    marginal = ~torch.isinf(ivar.to(device)).any(dim=1) & marginalise
+    chi2_top, sed_top, log_like, chi2_scale = _coarse_scores(library, instrument, seds, grid, flux, weight, marginal, chunk,
+                                                             progress)  # fmt: skip
+    pair, centre = _pairs_to_refine(chi2_top, log_like, marginal, n_refine)
+    b, n_pairs = pair.shape
+    top = chi2_top.shape[2]
+    sed = seds[sed_top.reshape(b, -1).gather(1, pair)].reshape(-1)  # [B·P]
+    z0 = grid.to(device)[pair // top].reshape(-1, 1)
+    flux_p, weight_p = flux.repeat_interleave(n_pairs, dim=0), weight.repeat_interleave(n_pairs, dim=0)
+    z0, value, sigma = _refine_pairs(library, instrument, sed, flux_p, weight_p, z0, step, z_range)
+    # The winner: the best refined pair in the chosen valley, within two coarse steps of its centre (the window's
+    # pairs always are; a global pair there may fit better), noiseless: the smallest χ² of all pairs.
+    outside = (z0.reshape(b, n_pairs) - grid.to(device)[centre]).abs() > 2 * step + 1e-12
+    candidates = value.reshape(b, n_pairs).masked_fill(outside & marginal[:, None], math.inf)
+    best = candidates.argmin(dim=1, keepdim=True)
+    take = lambda t: t.reshape(b, n_pairs).gather(1, best)[:, 0].cpu()
+    modes = {"z": z0.reshape(b, n_pairs).cpu(), "sed": sed.reshape(b, n_pairs).cpu(), "chi2": value.reshape(b, n_pairs).cpu(),
+             "sigma": sigma.reshape(b, n_pairs).cpu()}  # fmt: skip
+    # Reduced χ² of the winner (χ² per valid pixel, less one for the amplitude; unit weights for noiseless spectra).
+    n_valid = (weight > 0).sum(dim=1).cpu()
+    rchi2 = (take(value) + (weight * flux.square()).sum(dim=1).cpu()) / (n_valid - 1).clamp_min(1)
+    return {"z": take(z0), "sed": take(sed), "chi2": take(value), "z_err": take(sigma), "rchi2": rchi2, "n_valid": n_valid,
+            "modes": modes, "z_grid": grid,
+            "chi2_grid": (chi2_top[:, :, 0] * chi2_scale).cpu(), "log_like_grid": log_like.cpu()}  # fmt: skip
+
+
+def _checked_spectra(instrument: Instrument, flux: torch.Tensor, ivar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flux, ivar) as float64, checked to be [B, M] on ``instrument``'s M pixels."""
+    flux, ivar = flux.double(), ivar.double()
+    if flux.dim() != 2 or ivar.shape != flux.shape or flux.shape[1] != instrument.n_pixels:
+        raise ValueError(f"flux and ivar must be [B, {instrument.n_pixels}], got {tuple(flux.shape)}, {tuple(ivar.shape)}")
+    return flux, ivar
+
+
+def _coarse_scores(library: SEDLibrary, instrument: Instrument, seds: torch.Tensor, grid: torch.Tensor, flux: torch.Tensor,
+                   weight: torch.Tensor, marginal: torch.Tensor, chunk: int, progress) -> tuple:  # fmt: skip
+    """The coarse stage of ``library_fit_redshift``, in float32: every SED ``seds`` [S] at every z of ``grid`` [K]
+    against spectra ``flux`` [B, M] with weights ``weight`` (``fit_weights``), ``chunk`` spectra per matmul.
+
+    Returns (chi2_top [B, K, top] float32: the ``top`` = min(3, S) smallest χ² minus Σ w f² at each z, in units of
+    ``chi2_scale``; sed_top [B, K, top]: their ranks into ``seds``; log_like [B, K] float32: log Σ_s exp(-χ²_s/2) in
+    each spectrum's own ivar units, NaN unless some row of ``marginal`` [B] is set; chi2_scale [B, 1] float64: the
+    factor from the scaled χ² to each spectrum's own units)."""
+    device = library.device
+    b, n_coarse, top = flux.shape[0], grid.numel(), min(3, seds.numel())
     edges = instrument.wave_edges.to(device)
-    weight, flux = _weights(flux.to(device), ivar.to(device))
-    b = flux.shape[0]
-    top = min(3, seds.numel())
     chi2_top = torch.empty(b, n_coarse, top, dtype=torch.float32, device=device)
     sed_top = torch.empty(b, n_coarse, top, dtype=torch.int64, device=device)
     log_like = torch.full((b, n_coarse), math.nan, dtype=torch.float32, device=device)  # log Σ_SED exp(-χ²/2) per z
-    # The coarse stage runs in float32: scale each spectrum's weights and flux to ~1 first (its argmin over z and
-    # SED does not change; unscaled, ivar of f_λ in erg s⁻¹ cm⁻² Å⁻¹ ~ 1e34 and χ² terms ~ 1e-61 under/overflow).
+    # Scale each spectrum's weights and flux to ~1 first (its argmin over z and SED does not change; unscaled, ivar of
+    # f_λ in erg s⁻¹ cm⁻² Å⁻¹ ~ 1e34 and χ² terms ~ 1e-61 under/overflow in float32).
     w_scale = torch.where(weight > 0, weight, math.nan).nanmedian(dim=1, keepdim=True).values.nan_to_num(1.0)
     f_scale = torch.where(weight > 0, flux.abs(), math.nan).nanmedian(dim=1, keepdim=True).values.nan_to_num(1.0)
     f_scale = torch.where(f_scale > 0, f_scale, 1.0)
     wf32, w32 = (weight / w_scale * flux / f_scale).float(), (weight / w_scale).float()
     to_chi2 = (w_scale * f_scale.square()).float()  # scaled χ² -> χ² in the spectrum's own ivar units
-    # Noiseless spectra (ivar = inf: unit weights) have no χ² scale to marginalise with: the best SED alone decides.
-    marginal = ~torch.isinf(ivar.to(device)).any(dim=1) & marginalise
     any_marginal = bool(marginal.any())  # else no log-sum-exp pass over every (spectrum, SED) score in the loop
     for k, zk in enumerate(grid.tolist()):
         templates = instrument.convolve_lsf(library.redshift_resample(seds, torch.full((seds.numel(),), zk, device=device), edges))
@@ -162,11 +198,19 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
                 log_like[rows, k] = torch.logsumexp(chi * (-0.5 * to_chi2[rows]), dim=1)
         if progress is not None:
             progress(k + 1, n_coarse)
-    # Which valley: the z of the largest likelihood summed over the SEDs (a uniform prior over the library; measured on
-    # 32,768 spectra per set: SNR 3 η 24.2 -> 22.5 %, SNR 10 0.70 -> 0.62 %, held-out recipe 0.99 -> 0.90 %, against
-    # the best SED's χ² alone), or, noiseless, of the smallest χ². Refined there: the ``n_window`` best (z, SED) pairs
-    # of that coarse point and its neighbours; and, for the intervals (``modes``), the ``n_refine`` best pairs of the
-    # whole grid, wherever they are.
+    return chi2_top, sed_top, log_like, w_scale * f_scale.square()
+
+
+def _pairs_to_refine(chi2_top: torch.Tensor, log_like: torch.Tensor, marginal: torch.Tensor, n_refine: int) -> tuple:
+    """(pair [B, P], centre [B, 1]): the (z, SED) pairs of ``_coarse_scores`` to refine, as flat indices z·top + rank
+    into chi2_top [B, K, top], and the coarse z index of each spectrum's chosen valley.
+
+    The valley: the z of the largest likelihood summed over the SEDs (``log_like``, a uniform prior over the library)
+    where ``marginal``, else (noiseless) of the smallest χ². Refined there: the ``n_window`` best (z, SED) pairs of that
+    coarse point and its neighbours; and, for the intervals (``modes``), the ``n_refine`` best pairs of the whole grid,
+    wherever they are."""
+    b, n_coarse, top = chi2_top.shape
+    device = chi2_top.device
     flat = chi2_top.reshape(b, -1)
     score = torch.where(marginal[:, None], log_like, -chi2_top[:, :, 0])
     centre = score.argmax(dim=1, keepdim=True)
@@ -176,40 +220,32 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     window = near.gather(1, flat.gather(1, near).topk(n_window, dim=1, largest=False).indices)
     n_global = min(n_refine, n_coarse * top)
     pair = torch.cat([window, flat.topk(n_global, dim=1, largest=False).indices], dim=1)  # [B, P] into (z, rank)
-    n_pairs = pair.shape[1]
-    sed = seds[sed_top.reshape(b, -1).gather(1, pair)].reshape(-1)  # [B·P]
-    z0 = grid.to(device)[pair // top].reshape(-1, 1)
-    flux_p, weight_p = flux.repeat_interleave(n_pairs, dim=0), weight.repeat_interleave(n_pairs, dim=0)
-    offsets = torch.arange(-20, 21, dtype=torch.float64, device=device) / 20
+    return pair, centre
+
+
+def _refine_pairs(library: SEDLibrary, instrument: Instrument, sed: torch.Tensor, flux: torch.Tensor, weight: torch.Tensor,
+                  z0: torch.Tensor, step: float, z_range: tuple) -> tuple:  # fmt: skip
+    """(z [R, 1], χ² minus Σ w f² [R, 1], σ [R, 1]) of each row's (spectrum ``flux`` [R, M], SED ``sed`` [R]) pair from
+    its coarse z ``z0`` [R, 1]: the χ² minimum on grids 20x and 400x finer than ``step``, in float64, and the
+    Δχ² = 1 half-width of its valley (``_curvature_sigma``; by secants where the valley is wider than the window)."""
+    z_lo, z_hi = z_range
+    offsets = torch.arange(-20, 21, dtype=torch.float64, device=z0.device) / 20
     for level in (1, 2):
         fine = (z0 + step * offsets / 20 ** (level - 1)).clamp(z_lo, z_hi)
-        chi = torch.cat([_chi2(library, instrument, sed[r], flux_p[r], weight_p[r], fine[r]) for r in _row_chunks(sed.numel(), 64)])
+        chi = torch.cat([template_chi2(library, instrument, sed[r], flux[r], weight[r], fine[r]) for r in _row_chunks(sed.numel(), 64)])
         value, pick = chi.min(dim=1, keepdim=True)
         z0 = fine.gather(1, pick)
     sigma = _curvature_sigma(fine, chi, z0, step)
-    # Valleys wider than the window (weak features): the parabola's extrapolation is off by up to 3x (measured);
-    # there, twice, the secant through z0 ± σ: σ <- σ / sqrt(mean Δχ²(z0 ± σ)).
+    # Valleys wider than the window (weak features), where the parabola's extrapolation is poor: there, twice, the
+    # secant through z0 ± σ: σ <- σ / sqrt(mean Δχ²(z0 ± σ)).
     wide = (sigma[:, 0] > step / 40).nonzero()[:, 0]
     for _ in range(2 if wide.numel() else 0):
         points = torch.cat([z0[wide], z0[wide] - sigma[wide], z0[wide] + sigma[wide]], dim=1).clamp(z_lo, z_hi)
-        chi3 = torch.cat([_chi2(library, instrument, sed[wide][r], flux_p[wide][r], weight_p[wide][r], points[r])
+        chi3 = torch.cat([template_chi2(library, instrument, sed[wide][r], flux[wide][r], weight[wide][r], points[r])
                           for r in _row_chunks(wide.numel(), 256)])  # fmt: skip
         rise = (chi3[:, 1:] - chi3[:, :1]).mean(dim=1, keepdim=True)
         sigma[wide] = (sigma[wide] / rise.clamp_min(1e-6).sqrt()).clamp_max((z_hi - z_lo) / 4)
-    # The winner: the best refined pair in the chosen valley, within two coarse steps of its centre (the window's
-    # pairs always are; a global pair there may fit better), noiseless: the smallest χ² of all pairs.
-    outside = (z0.reshape(b, n_pairs) - grid.to(device)[centre]).abs() > 2 * step + 1e-12
-    candidates = value.reshape(b, n_pairs).masked_fill(outside & marginal[:, None], math.inf)
-    best = candidates.argmin(dim=1, keepdim=True)
-    take = lambda t: t.reshape(b, n_pairs).gather(1, best)[:, 0].cpu()
-    modes = {"z": z0.reshape(b, n_pairs).cpu(), "sed": sed.reshape(b, n_pairs).cpu(), "chi2": value.reshape(b, n_pairs).cpu(),
-             "sigma": sigma.reshape(b, n_pairs).cpu()}  # fmt: skip
-    # Reduced χ² of the winner (χ² per valid pixel, less one for the amplitude; unit weights for noiseless spectra).
-    n_valid = (weight > 0).sum(dim=1).cpu()
-    rchi2 = (take(value) + (weight * flux.square()).sum(dim=1).cpu()) / (n_valid - 1).clamp_min(1)
-    return {"z": take(z0), "sed": take(sed), "chi2": take(value), "z_err": take(sigma), "rchi2": rchi2, "n_valid": n_valid,
-            "modes": modes, "z_grid": grid,
-            "chi2_grid": (chi2_top[:, :, 0] * (w_scale * f_scale.square())).cpu(), "log_like_grid": log_like.cpu()}  # fmt: skip
+    return z0, value, sigma
 
 
 def _curvature_sigma(z: torch.Tensor, chi: torch.Tensor, z0: torch.Tensor, step: float) -> torch.Tensor:
@@ -225,7 +261,7 @@ def _curvature_sigma(z: torch.Tensor, chi: torch.Tensor, z0: torch.Tensor, step:
 
 # Temperatures tried by ``calibrate_fit_temperatures``: the tempered χ² exp(-χ²/2T) of a noiseless spectrum (χ² of a
 # normalised spectrum against an imperfect template, ~1e-4 per pixel) needs T ~ 1e-3; noisy spectra T ~ 1-100; spectra
-# whose few valleys are all wrong (Euclid-like without a detectable line: measured T = 4e4) widen them to the z range.
+# whose few valleys are all wrong (Euclid-like without a detectable line) need far higher T, widening them to the z range.
 FIT_TEMPERATURES = tuple(math.exp(math.log(1e-6) + i * (math.log(1e6) - math.log(1e-6)) / 240) for i in range(241))
 
 
@@ -261,11 +297,9 @@ def fit_quantiles(fit: dict, temperature, levels=(0.16, 0.84)) -> torch.Tensor:
 
 
 # Calibration groups (``fit_groups``). At one continuum SNR a spectrum with a strong emission line has one valley and
-# one without has many: one temperature for both made the Euclid-like target sample's 68 % intervals cover 91 % (bin
-# SNR < 2: T = 2000, set by the line-free spectra there). Marginalised (noisy) spectra are grouped by
+# one without has many, and one temperature cannot cover 68 % of both. Marginalised (noisy) spectra are grouped by
 # ``fit_confidence``; noiseless ones, whose only error is the template's mismatch, by their reduced χ² (of spectra
-# normalised as the table's; its distribution is bimodal, ~40 % below 3e-4 and ~40 % above 1.2e-3, and the held-out
-# recipe's sits lower: one temperature for all covered 75 % of them).
+# normalised as the table's: its distribution is bimodal, with modes below 3e-4 and above 1.2e-3).
 CONFIDENCE_EDGES = (0.0, 0.5, 0.9, 0.99, math.inf)
 NOISELESS_RCHI2_EDGES = (0.0, 3e-4, 6e-4, 1.2e-3, math.inf)
 N_GROUPS = len(CONFIDENCE_EDGES) + len(NOISELESS_RCHI2_EDGES) - 2
@@ -275,8 +309,6 @@ def fit_confidence(fit: dict, width: float = 0.01) -> torch.Tensor:
     """[B]: the share of the SED-marginalised likelihood (``fit["log_like_grid"]``, T = 1, uniform prior over the
     coarse z grid) within ±width·(1 + z) of the fitted z: near 1 when one valley dominates, low when other z compete.
     1 for rows fitted without marginalising (noiseless, ``marginalise=False``: NaN log_like_grid)."""
-    from .calibration import share_near
-
     like = torch.softmax(fit["log_like_grid"].double().cpu().nan_to_num(0.0), dim=1)
     share = share_near(like, fit["z_grid"].double().cpu(), fit["z"].double().cpu(), width)
     return torch.where(_marginalised(fit), share, 1.0)
@@ -290,19 +322,16 @@ def _marginalised(fit: dict) -> torch.Tensor:
 def fit_groups(fit: dict) -> torch.Tensor:
     """[B] int64 in [0, N_GROUPS): the calibration group of each fitted spectrum: its ``fit_confidence`` bin
     (``CONFIDENCE_EDGES``) if it was marginalised, else 4 + its reduced-χ² bin (``NOISELESS_RCHI2_EDGES``)."""
-    from .calibration import _bins
-
     marginal = _marginalised(fit)
-    by_confidence = _bins(fit_confidence(fit).cpu(), torch.tensor(CONFIDENCE_EDGES, dtype=torch.float64))
-    by_rchi2 = _bins(fit["rchi2"].double().cpu().nan_to_num(0.0), torch.tensor(NOISELESS_RCHI2_EDGES, dtype=torch.float64))
+    by_confidence = bin_index(fit_confidence(fit).cpu(), torch.tensor(CONFIDENCE_EDGES, dtype=torch.float64))
+    by_rchi2 = bin_index(fit["rchi2"].double().cpu().nan_to_num(0.0), torch.tensor(NOISELESS_RCHI2_EDGES, dtype=torch.float64))
     return torch.where(marginal, by_confidence, len(CONFIDENCE_EDGES) - 1 + by_rchi2)
 
 
 def fit_scale(fit: dict) -> torch.Tensor:
     """[B]: the factor on the calibrated temperature of each spectrum: its reduced χ² where the noise is known
     (marginalised rows: a template that fits worse than the noise widens its valleys, as the classical error ×
-    sqrt(χ²_ν)), 1 for the others (noiseless: grouped by it instead). Measured on the table's sets with confidence
-    groups: held-out recipe SNR 10 coverage 71.8 -> 69.2 %, test 69.5 -> 67.5 %."""
+    sqrt(χ²_ν)), 1 for the others (noiseless: grouped by it instead)."""
     return torch.where(_marginalised(fit), fit["rchi2"].double().cpu(), 1.0)
 
 
@@ -316,10 +345,8 @@ def calibrate_fit_temperatures(fit: dict, z: torch.Tensor, snr: torch.Tensor, gr
     With ``groups`` ([B] int64 in [0, N_GROUPS), ``fit_groups``) the bins are group × SNR ("temperatures" and
     "counts" [N_GROUPS, n_snr], "n_groups"); a group with no SNR bin of enough spectra takes the temperatures of the
     nearest group of the same kind. ``scale`` ([B], ``fit_scale``) multiplies each spectrum's temperature."""
-    from .calibration import SNR_EDGES, _bins, pick_grouped_temperatures, pick_temperatures
-
     edges = torch.tensor(SNR_EDGES, dtype=torch.float64)
-    k = _bins(torch.nan_to_num(snr.double().cpu(), nan=0.0), edges)
+    k = bin_index(torch.nan_to_num(snr.double().cpu(), nan=0.0), edges)
     z = z.double().cpu()
     factor = torch.ones_like(z) if scale is None else scale.double().cpu()
     covered = []
@@ -340,9 +367,7 @@ def fit_temperature(calibration: dict, snr: torch.Tensor, groups: torch.Tensor |
                     scale: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """[B]: the calibrated temperature of each spectrum's SNR bin (and group, ``fit_groups``, when the calibration
     has them: then ``groups`` is required), times ``scale`` (``fit_scale``, as calibrated with)."""
-    from .calibration import _bins
-
-    k = _bins(torch.nan_to_num(snr.double().cpu(), nan=0.0), torch.as_tensor(calibration["snr_edges"]).double())
+    k = bin_index(torch.nan_to_num(snr.double().cpu(), nan=0.0), torch.as_tensor(calibration["snr_edges"]).double())
     temperatures = torch.as_tensor(calibration["temperatures"]).double()
     factor = 1.0 if scale is None else scale.double().cpu()
     if "n_groups" not in calibration:

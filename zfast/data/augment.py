@@ -15,13 +15,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import pathlib
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
+from ..files import write_text
 from .instrument import Instrument, normalise
 from .sed_library import SEDLibrary
 
@@ -51,10 +51,7 @@ def save_splits(path, splits: dict, **provenance) -> None:
     seed, the library's path), atomically: a run folder holds the exact SEDs each set used."""
     record = dict(provenance)
     record.update({name: [int(i) for i in torch.as_tensor(part).tolist()] for name, part in splits.items()})
-    path = pathlib.Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(record, indent=1))
-    os.replace(temporary, path)
+    write_text(path, json.dumps(record, indent=1))
 
 
 def load_splits(path) -> dict:

@@ -1,18 +1,18 @@
 """Reading and writing SED libraries: npz (numpy), HDF5 (h5py) and FITS (astropy).
 
-Layouts are documented in ``SEDLibrary.load``. Writes are atomic: the file is written beside its final name
-and renamed only once complete, so a killed run never leaves a half-written library under that name.
+Layouts are documented in ``SEDLibrary.load``. Writes are atomic (``zfast.files.atomic_path``): the file is written
+beside its final name and renamed only once complete, so a killed run never leaves a half-written library there.
 Reading never executes code from the file (``numpy.load(allow_pickle=False)``; HDF5/FITS hold only arrays).
 """
 
 from __future__ import annotations
 
 import lzma
-import os
 import pathlib
-import tempfile
 
 import numpy as np
+
+from ..files import atomic_path
 
 FORMATS = {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".fits": "fits", ".fit": "fits"}
 PARAM_PREFIX = "param_"
@@ -48,20 +48,8 @@ def save(library, path, dtype: str = "float32") -> None:
         )
     flux = flux64.astype(dtype)
     params = {name: np.asarray(column) for name, column in library.params.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private (0600); a saved library is an ordinary file
-    try:
-        {"npz": _write_npz, "hdf5": _write_hdf5, "fits": _write_fits}[fmt](temporary, wavelength, flux, params)
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_path(path) as temporary:
+        {"npz": _write_npz, "hdf5": _write_hdf5, "fits": _write_fits}[fmt](str(temporary), wavelength, flux, params)
 
 
 def _write_npz(path, wavelength, flux, params) -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..ops._checks import FLOAT_DTYPES, as_grid, check_finite, check_increasing
+from ..ops.checks import FLOAT_DTYPES, as_grid, check_finite, check_increasing
 from ..ops.rebin import pixel_edges, rebin_edges_reference
 from ..ops.redshift_resample import coverage_z_range, redshift_resample
 from .huge_pages import on_huge_pages

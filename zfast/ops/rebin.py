@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ._checks import FLOAT_DTYPES, as_grid, check_finite, check_increasing
+from .checks import FLOAT_DTYPES, as_grid, check_finite, check_increasing
 
 
 def pixel_edges(centres: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import _native
-from ._checks import check_increasing
+from .checks import check_increasing
 
 # An edge is covered when -tol <= t <= N + tol (t in rest pixels); must equal kCoverageTolerance in the header.
 COVERAGE_TOLERANCE = 1e-6

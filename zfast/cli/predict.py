@@ -1,0 +1,54 @@
+"""zfast-predict: redshifts of the spectra in a file, from one checkpoint or an ensemble.
+
+    zfast-predict --checkpoint runs/quick/best.pt --input spectra.fits --output z.csv [--pz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from ..checkpoint import load_ensemble, load_model
+from ..flags import MIN_VALID
+from ..io import predict_file
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zfast-predict", description="Redshifts of spectra in a file from a zfast-train checkpoint.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="a zfast-train checkpoint (best.pt) or ensemble file; several: an ensemble, their P(z) averaged (binned estimators on the same bins)")
+    parser.add_argument("--input", required=True, help="spectra: .npz, .h5/.hdf5 or .fits with wavelength [M] (Å), flux [N, M], optional ivar [N, M] and id [N]")
+    parser.add_argument("--output", required=True, help="the table: .csv or .fits")
+    parser.add_argument("--pz", action="store_true", help="add P(z) (a column of n_bins probabilities)")
+    parser.add_argument("--air", action="store_true", help="the input wavelengths are in air (converted to vacuum)")
+    parser.add_argument("--flux-unit", choices=("flam", "fnu"), default="flam", help="f_λ or f_ν (any scale)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="spectra per chunk")
+    parser.add_argument("--min-valid", type=float, default=MIN_VALID, help="share of the model's pixels that must be valid")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--templates", default=None,
+                        help="also fit each spectrum with every SED of a library (columns z_template, z_template_err, template_sed, template_rchi2): "
+                             "'training' (the checkpoint's training SEDs), 'default' (the built-in library) or a library file "
+                             "(slow: every SED at every redshift; see docs/predict.md)")
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or not (0.0 <= args.min_valid <= 1.0):
+        raise SystemExit("zfast-predict: need --batch-size >= 1 and 0 <= --min-valid <= 1")
+    try:
+        device = None if args.device == "auto" else args.device
+        model = load_model(args.checkpoint[0], device) if len(args.checkpoint) == 1 else load_ensemble(args.checkpoint, device)
+        predict_file(model, args.input, args.output, pz=args.pz, air=args.air, flux_unit=args.flux_unit,
+                     batch_size=args.batch_size, min_valid=args.min_valid, overwrite=args.overwrite,
+                     templates=args.templates)  # fmt: skip
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, TypeError, KeyError) as error:
+        raise SystemExit(f"zfast-predict: {error}") from error
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

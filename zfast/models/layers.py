@@ -1,0 +1,64 @@
+"""Building blocks shared by the residual networks: channels-last Conv1d / BatchNorm1d for the CPU, and the
+residual block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _as_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, L] -> [B, C, 1, L] in channels-last memory (a view when ``x`` came out of one of these layers)."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+class Conv1dNHWC(nn.Conv1d):
+    """``nn.Conv1d`` (same parameters, same state dict, same maths) computed on the CPU as a 2-D convolution over
+    [B, C, 1, L] in channels-last memory, the layout oneDNN's CPU kernels are fastest in for these short, narrow
+    convolutions (docs/performance.md has the per-layer timings). The output is a [B, C, L] view of that memory,
+    which the next layer of this kind reads without a copy. Other devices run ``nn.Conv1d`` itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(x)
+        y = nn.functional.conv2d(_as_nhwc(x), self.weight.unsqueeze(2), self.bias, (1, self.stride[0]),
+                                 (0, self.padding[0]), (1, self.dilation[0]), self.groups)  # fmt: skip
+        return y.squeeze(2)
+
+
+class BatchNorm1dNHWC(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` (same state dict) that normalises Conv1dNHWC's channels-last output in place of layout
+    (as [B, C, 1, L], where the CPU kernel has a channels-last path), returning a [B, C, L] view again."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in (2, 3, 4):
+            raise ValueError(f"expected 2D, 3D or 4D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 3:
+            return super().forward(x)
+        return super().forward(_as_nhwc(x)).squeeze(2)
+
+
+class ResidualBlock1D(nn.Module):
+    """Conv-BN-SiLU-Conv-BN plus a (strided 1x1 when the shape changes) shortcut, then SiLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            Conv1dNHWC(in_channels, out_channels, 5, stride=stride, padding=2, bias=False),
+            BatchNorm1dNHWC(out_channels),
+            nn.SiLU(),
+            Conv1dNHWC(out_channels, out_channels, 5, padding=2, bias=False),
+            BatchNorm1dNHWC(out_channels),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and in_channels == out_channels
+            else nn.Sequential(Conv1dNHWC(in_channels, out_channels, 1, stride=stride, bias=False), BatchNorm1dNHWC(out_channels))
+        )
+        self.activation = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.body(x) + self.shortcut(x))

@@ -1,0 +1,73 @@
+"""ShiftResNet1D: LogGridResNet1D plus a branch of learned rest-frame templates slid over its features."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .log_grid_resnet import LogGridResNet1D
+
+
+class ShiftResNet1D(LogGridResNet1D):
+    """LogGridResNet1D plus a redshift-equivariant branch: learned rest-frame templates slid over its features.
+
+    On the log grid a redshift shifts the spectrum, and so the features of the second stage (stride 8 in log
+    pixels, step D in ln λ), by ln(1 + z). The branch projects those features to ``template_channels`` channels
+    F[c, x] and scores every trial shift j (ln(1 + z_j) = ln(1 + z_lo) + j·D) by the correlation
+    Σ_c Σ_x W_r[c, x - j] F[c, x] with learned rest-frame templates W_r, one per sub-step r = 0 .. ``n_sub`` - 1
+    (the features carry the sub-step phase; ln(1 + z) = ... + (j + r / n_sub)·D). So one template scores every
+    z: what the branch learns about a line pattern at one z holds at all others, which a flattened head has to
+    learn position by position. The scores on that fine grid in ln(1 + z) are interpolated (a fixed linear map)
+    to the redshift bins and added to the flattened head's logits. The templates start at zero, so training
+    starts from LogGridResNet1D.
+
+    Args: as LogGridResNet1D, plus z_edges (Tensor[n_bins + 1]): the redshift bin edges of the head's first
+    n_bins outputs (any further output, the outside logit, comes from the flattened head alone).
+    """
+
+    def __init__(self, n_pixels: int, n_outputs: int, wave_edges: torch.Tensor, z_edges: torch.Tensor,
+                 n_sub: int = 16, template_channels: int = 16):  # fmt: skip
+        super().__init__(n_pixels, n_outputs, wave_edges)
+        z_edges = torch.as_tensor(z_edges, dtype=torch.float64).cpu()
+        n_bins = z_edges.numel() - 1
+        if n_bins < 2 or n_bins > n_outputs or not bool((z_edges[1:] > z_edges[:-1]).all()) or z_edges[0] <= -1:
+            raise ValueError(f"z_edges must be 3 to {n_outputs + 1} increasing redshifts > -1, got {z_edges.numel()}")
+        self.n_bins, self.n_sub = n_bins, n_sub
+        edges = torch.as_tensor(wave_edges, dtype=torch.float64).cpu()
+        n_log = self.resample.shape[1]
+        step = math.log(edges[-1].item() / edges[0].item()) / n_log  # ln λ per log pixel
+        self.tap = 7  # features[:7]: stem (stride 2) + two stages (stride 2 each): stride 8
+        stride = 8
+        length = n_log
+        for _ in range(3):
+            length = (length + 1) // 2
+        coarse = stride * step  # D
+        t = torch.log1p(0.5 * (z_edges[1:] + z_edges[:-1]))  # bin centres in ln(1 + z)
+        t_lo = t[0].item() - coarse
+        n_shifts = math.ceil((t[-1].item() - t_lo) / coarse) + 2
+        self.n_shifts, self.length = n_shifts, length
+        features_width = self.features[self.tap - 1].body[-1].num_features
+        self.project = nn.Conv1d(features_width, template_channels, 1)
+        self.templates = nn.Parameter(torch.zeros(n_sub, template_channels, length + n_shifts - 1))
+        # Fine grid f = j·n_sub + r at ln(1 + z) = t_lo + f·D/n_sub -> bins: linear interpolation in ln(1 + z).
+        position = (t - t_lo) / (coarse / n_sub)
+        below = position.floor().long()
+        weight = position - below
+        interp = torch.zeros(n_shifts * n_sub, n_bins, dtype=torch.float64)
+        columns = torch.arange(n_bins)
+        interp[below, columns] = 1 - weight
+        interp[below + 1, columns] = weight
+        self.register_buffer("interp", interp.float(), persistent=False)
+
+    def forward(self, flux: torch.Tensor) -> torch.Tensor:
+        flux = flux if flux.dim() == 2 else flux[:, 0, :]
+        x = (flux @ self.resample)[:, None, :]
+        mid = self.features[: self.tap](x)
+        logits = self.head(self.features[self.tap :](mid))
+        f = nn.functional.pad(self.project(mid), (self.n_shifts - 1, self.n_shifts - 1))
+        scores = nn.functional.conv1d(f, self.templates)  # [B, n_sub, n_shifts]: score of shift j, sub-step r
+        fine = scores.transpose(1, 2).reshape(scores.shape[0], -1)  # f = j·n_sub + r
+        shift_logits = fine @ self.interp
+        return torch.cat([logits[:, : self.n_bins] + shift_logits, logits[:, self.n_bins :]], dim=1)
