@@ -86,5 +86,6 @@ def test_augment(benchmark, device, provider):
     run()
     benchmark.group = f"augment B={BATCH}"
     benchmark(run)
-    benchmark.extra_info.update(provider=provider, batch_size=BATCH, device=str(device),
-                                spectra_per_s=BATCH / benchmark.stats.stats.mean, threads=torch.get_num_threads())  # fmt: skip
+    benchmark.extra_info.update(provider=provider, batch_size=BATCH, device=str(device), threads=torch.get_num_threads())
+    if benchmark.stats is not None:  # None under --benchmark-disable, where nothing is timed
+        benchmark.extra_info["spectra_per_s"] = BATCH / benchmark.stats.stats.mean

@@ -21,9 +21,12 @@ import dataclasses
 import pytest
 import torch
 
-from zfast import train
 from zfast.bins import redshift_bin_edges
+from zfast.data.sets import load_library
 from zfast.models import BatchNorm1dNHWC, Conv1dNHWC, build_model
+from zfast.training.config import PRESETS, TrainConfig
+from zfast.training.loss import training_loss
+from zfast.training.streams import augmented, make_instrument, n_outside, outside_stream
 
 
 def plain_layers(module: torch.nn.Module) -> torch.nn.Module:
@@ -42,9 +45,9 @@ def plain_layers(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def quick_config(**changes) -> train.TrainConfig:
-    values = {**dataclasses.asdict(train.TrainConfig()), **train.PRESETS["quick"], **changes}
-    return train.TrainConfig(**values)
+def quick_config(**changes) -> TrainConfig:
+    values = {**dataclasses.asdict(TrainConfig()), **PRESETS["quick"], **changes}
+    return TrainConfig(**values)
 
 
 @pytest.mark.parametrize("provider", ["step-nhwc", "step-conv1d", "data-none", "data-preset", "data-all"])
@@ -53,10 +56,10 @@ def test_train_step(benchmark, device, provider):
         pytest.skip("the channels-last layers are plain Conv1d off the CPU")
     changes = {"data-none": dict(bad_pixel_prob=0.0, weak_line_weight=1.0), "data-all": dict(distortion=0.1, noise_variation=0.3)}
     c = quick_config(**changes.get(provider, {}))
-    library = train.load_library(c.library).to(device)
-    instrument = train.make_instrument(c)
-    stream = train.augmented(c, library, instrument, "train", 0)
-    outside = train.outside_stream(c, library, instrument, "train", train.n_outside(c), 1)
+    library = load_library(c.library).to(device)
+    instrument = make_instrument(c)
+    stream = augmented(c, library, instrument, "train", 0)
+    outside = outside_stream(c, library, instrument, "train", n_outside(c), 1)
     if provider.startswith("data"):
         def run():
             return torch.cat([next(stream)[0], next(outside)[0]])
@@ -72,7 +75,7 @@ def test_train_step(benchmark, device, provider):
         edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
 
         def run():
-            loss = train.training_loss(c, model(flux).float(), z, edges, 10, train.n_outside(c))
+            loss = training_loss(c, model(flux).float(), z, edges, 10, n_outside(c))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -1,4 +1,4 @@
-"""benchmarks/paper_table.py picks its rows as documented: the talk's by default, every study with --rows all."""
+"""benchmarks/studies/paper_table.py picks its rows as documented: the talk's by default, every study with --rows all."""
 
 import argparse
 import json
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "studies"))
 paper_table = pytest.importorskip("paper_table")
 
 

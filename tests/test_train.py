@@ -299,3 +299,21 @@ def test_lambda_ce_adds_a_cross_entropy_to_the_distribution_loss():
     torch.testing.assert_close(loss.training_loss(both, output, z, bin_edges, step), reference_js + 0.3 * ce, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="lambda_ce"):
         training_config.check_config(dataclasses.replace(js, lambda_ce=-0.1))
+
+
+def test_help_groups_every_option_once(capsys):
+    """zfast-train --help lists the options by group (data, model, estimator, optimisation, run, evaluation), each
+    TrainConfig field in exactly one."""
+    grouped = [name for names in train_cli.GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(training_config.TrainConfig))
+    with pytest.raises(SystemExit):
+        train_cli.main(["--help"])
+    text = capsys.readouterr().out
+    titles = [train_cli.TITLES[key] for key in ("data", "model", "estimator", "optimisation", "run", "evaluation")]
+    positions = {title: text.index(title + ":") for title in titles}
+    for key, names in train_cli.GROUPS.items():
+        start = positions[train_cli.TITLES[key]]
+        following = [p for p in positions.values() if p > start]
+        section = text[start:min(following) if following else len(text)]
+        for name in names:
+            assert "--" + name.replace("_", "-") in section, (key, name)

@@ -44,7 +44,7 @@ SNR_EDGES = (0.0, 2.0, 4.0, 6.0, 9.0, 13.0, 20.0, 40.0, math.inf)  # noiseless s
 TEMPERATURES = tuple(math.exp(math.log(0.001) + i * (math.log(10.0) - math.log(0.001)) / 160) for i in range(161))
 MIN_SPECTRA = 50
 # Stored with every fit; raised whenever the fit changes (2: temperatures down to 0.001, informative branch only; 3:
-# per peak group too), so that benchmarks/paper_table.py --refit-calibration knows which checkpoints to refit.
+# per peak group too), so that benchmarks/studies/paper_table.py --refit-calibration knows which checkpoints to refit.
 CALIBRATION_VERSION = 3
 # Groups of ``peak_share`` (the share of P(z) within ±0.01(1 + z) of its peak): at one SNR, a spectrum whose P(z) has
 # one peak and one whose P(z) spreads over several need different temperatures.

@@ -28,7 +28,7 @@ is known (``fit_scale``), so that 68 % intervals cover 68 % of simulated spectra
 networks' softmax).
 
 With a library of other galaxies as templates it is a peer to the networks, not a limit; its accuracy, coverage and
-speed against them are in the benchmark results (benchmarks/paper_table.py).
+speed against them are in the benchmark results (benchmarks/studies/paper_table.py).
 """
 
 from __future__ import annotations

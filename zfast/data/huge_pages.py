@@ -1,10 +1,8 @@
 """Large CPU tensors in memory backed by transparent huge pages (Linux), for the library's random row reads.
 
 The redshift kernel reads a few KB from each of B random rows of a library of hundreds of MB: with 4 KB pages
-every row costs two or three TLB misses and page walks. Measured (standalone harness of the CPU kernel, S = 10,000
-SEDs, B = 4096, 2 threads, min of 60, alternating runs): 1.52-1.71 -> 1.43-1.50 ms at dlnλ = 1/2000 and
-3.42-3.52 -> 3.00-3.14 ms at 1/6000 with the cumulative in MADV_HUGEPAGE memory. Linux's default THP mode
-("madvise") gives huge pages only to memory advised so before it is first touched, hence a fresh copy.
+every row costs two or three TLB misses and page walks; huge pages cut most of them (docs/kernels.md has the
+timings). Linux's default THP mode ("madvise") gives huge pages only to memory advised so before it is first touched, hence a fresh copy.
 """
 
 from __future__ import annotations

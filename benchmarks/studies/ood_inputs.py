@@ -1,6 +1,6 @@
 """How often zfast-predict raises flag_ood: on galaxies like the training ones, and on inputs that are not.
 
-    python benchmarks/ood_inputs.py runs/quick/best.pt [--n 2000] [--seed 12]
+    python benchmarks/studies/ood_inputs.py runs/quick/best.pt [--n 2000] [--seed 12]
 
 Galaxies: the run's test SEDs (never trained on) at z ~ U[z_min, z_max) with the run's noise model, the same
 without noise, and with the Euclid-like noise model. Non-galaxies (100 each, on the model's pixels, with
@@ -20,8 +20,9 @@ import sys
 import torch
 
 import zfast
-from zfast import train
 from zfast.data import Instrument, NoiseModel
+from zfast.data.sets import load_library
+from zfast.training import config_from_dict, make_instrument, splits
 
 
 def non_galaxies(wavelength: torch.Tensor, n: int, g: torch.Generator) -> dict:
@@ -51,16 +52,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=12)
     args = parser.parse_args(argv)
     model = zfast.load_model(args.checkpoint, "cpu")
-    c = train.config_from_state(train.load_checkpoint(args.checkpoint))
-    library = train.load_library(c.library)
+    c = config_from_dict(model.config)
+    library = load_library(c.library)
     g = torch.Generator().manual_seed(args.seed)
-    test = train.run_splits(c, library)["test"]
+    test = splits(c, library)["test"]
     sed = test[torch.randint(0, test.numel(), (args.n,), generator=g)]
     z = c.z_min + (c.z_max - c.z_min) * torch.rand(args.n, generator=g, dtype=torch.float64)
     sets = {}
     for name, noise in (("galaxies, training noise", None), ("galaxies, noiseless", NoiseModel("none")),
                         ("galaxies, Euclid-like noise", NoiseModel("euclid"))):  # fmt: skip
-        instrument = train.make_instrument(c) if noise is None else Instrument.preset(c.instrument, noise)
+        instrument = make_instrument(c) if noise is None else Instrument.preset(c.instrument, noise)
         raw = library.redshift_resample(sed, z, instrument.wave_edges).double()
         sets[name] = instrument.observe(raw, g)
     wavelength = model.instrument.wavelength.double()
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
         )
     print(
         f"{args.checkpoint}: {c.model}, {c.estimator}, trained on {c.noise} noise; OOD threshold "
-        f"{model.stats.get('ood_threshold', math.nan):.3g}"
+        f"{model.stats.ood.threshold if model.stats.ood is not None else math.nan:.3g}"
     )
     for name, (flux, ivar) in sets.items():
         result = zfast.predict(model, wavelength, flux, ivar)

@@ -1,7 +1,7 @@
 """Is a model's P(z) calibrated per spectrum, or only on average? 68 % coverage and median 68 % width in quartiles
 of ``ood_score`` at each noise level of the table, for its test SEDs and held-out recipe.
 
-    python benchmarks/coverage_by_ood.py --library lib10k.h5 runs/table/<run>/best.pt   (or an ensemble.pt)
+    python benchmarks/studies/coverage_by_ood.py --library lib10k.h5 runs/table/<run>/best.pt   (or an ensemble.pt)
 
 The temperatures of ``zfast.calibration`` make coverage right per SNR bin on average over the validation SEDs; if
 the widths do not follow how hard each spectrum is, coverage varies across kinds of spectra at one SNR, and a test
@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_table
 
 import zfast
-from zfast import train
 from zfast.calibration import spectrum_snr
-from zfast.inference import predict_normalised
+from zfast.data.sets import load_library
+from zfast.predict import predict_normalised
+from zfast.training import config_from_dict
 
 
 def main(argv=None) -> int:
@@ -36,9 +37,9 @@ def main(argv=None) -> int:
     parser.add_argument("--holdout-sfh", default="lognormal")
     args = parser.parse_args(argv)
     model = zfast.load_model(args.checkpoint, "cpu")
-    config = (model.members[0] if isinstance(model, zfast.EnsembleModel) else model).config
-    c = dataclasses.replace(train.config_from_state({"config": config}), library=args.library, holdout_sfh=args.holdout_sfh)
-    library = train.load_library(args.library)
+    # (an ensemble's config is its first member's)
+    c = dataclasses.replace(config_from_dict(model.config), library=args.library, holdout_sfh=args.holdout_sfh)
+    library = load_library(args.library)
     sets = paper_table.test_sets(c, library, args.n)
     for condition in ("noiseless", "snr10", "snr3"):
         results = {}

@@ -2,8 +2,8 @@
 noise levels, next to the talk's numbers and the information limit (a χ² fit with the true template).
 
     zfast-sed build --n 10000 --seed 0 --out lib10k.h5
-    python benchmarks/paper_table.py --library lib10k.h5 --work runs/table --out benchmarks/results --quick
-    python benchmarks/paper_table.py ... --quick --rows all     # plus every study of ours (~5.7 h of training on 2 CPU cores)
+    python benchmarks/studies/paper_table.py --library lib10k.h5 --work runs/table --out benchmarks/results --quick
+    python benchmarks/studies/paper_table.py ... --quick --rows all     # plus every study of ours (~5.7 h of training on 2 CPU cores)
 
 By default (``--rows talk``) the rows of the talk's protocol and its two studies: main and size below, with chi2 and
 library_fit (with --quick under 3 h on 2 CPU cores); ``--rows all`` adds the rest, ``--only`` names rows.
@@ -49,14 +49,17 @@ from pathlib import Path
 
 import torch
 
-from zfast import train
+from zfast import checkpoint
 from zfast.bins import PzSummary, redshift_bin_edges
 from zfast.calibration import CALIBRATION_VERSION, SNR_EDGES, spectrum_snr
+from zfast.checkpoint import RunCheckpoint, load_model
 from zfast.data import Instrument, NoiseModel
 from zfast.data.instrument import EUCLID_LINE_SNR_AT_LIMIT
-from zfast.inference import ensemble_summary, load_model
+from zfast.data.sets import load_library
+from zfast.devices import pick_device
 from zfast.metrics import redshift_metrics
 from zfast.models import build_model
+from zfast.predict import ensemble_summary
 from zfast.template_fit import (
     calibrate_fit_temperatures,
     fit_groups,
@@ -66,6 +69,9 @@ from zfast.template_fit import (
     library_fit_redshift,
     template_fit_redshift,
 )
+from zfast.training import TrainConfig, augmented, build_ensemble, check_config, config_from_dict, make_instrument, run, splits
+from zfast.training.evaluation import predict_set, store_predict_stats
+from zfast.training.streams import calibration_size
 
 # The talk's results (MSE, MAE, R²): Stivaktakis et al., noiseless, on their data.
 TALK = {"regression": (0.03811, 0.16469, 0.28188), "classification-800": (0.00791, 0.02325, 0.85082),
@@ -234,11 +240,11 @@ def train_once(name: str, overrides: dict, work: Path) -> Path:
             print(f"[{name}] warning: trained with {key}={was!r}, the table now asks {asked!r} (delete {out} to retrain)",
                   file=sys.stderr)
         return out
-    config = train.TrainConfig(**dict(overrides, out=str(out)))
-    train.check_config(config)
+    config = TrainConfig(**dict(overrides, out=str(out)))
+    check_config(config)
     started = time.perf_counter()
-    state = train.load_checkpoint(out / "last.pt") if (out / "last.pt").exists() else None
-    outcome = train.run(config, resume_state=state)
+    state = checkpoint.read(out / "last.pt") if (out / "last.pt").exists() else None
+    outcome = run(config, resume=state)
     if "stopped_at" in outcome:
         print(f"[{name}] stopped at step {outcome['stopped_at']} after {time.perf_counter() - started:.0f} s", file=sys.stderr)
     else:
@@ -246,16 +252,16 @@ def train_once(name: str, overrides: dict, work: Path) -> Path:
     return out
 
 
-def test_sets(c: train.TrainConfig, library, n: int) -> dict:
+def test_sets(c: TrainConfig, library, n: int) -> dict:
     """(split, condition) -> (flux, ivar, z, sed_index): the same spectra for every run; plus (split,
     EUCLID_TARGET): the Euclid-like spectra whose Hα + [NII] flux is above the survey's limit."""
     sets = {}
     c = dataclasses.replace(c, min_line_snr=0.0)  # every test set unselected (EUCLID_TARGET selects below)
-    splits = ["test"] + (["holdout"] if c.holdout_sfh else [])
-    for split in splits:
+    split_names = ["test"] + (["holdout"] if c.holdout_sfh else [])
+    for split in split_names:
         for condition, noise in CONDITIONS.items():
             instrument = Instrument.preset(c.instrument, noise)
-            data = train.augmented(c, library, instrument, split)
+            data = augmented(c, library, instrument, split)
             seed = TEST_SEED + list(CONDITIONS).index(condition)
             if condition != "euclid":
                 sets[split, condition] = data.fixed_set(n, seed=seed)
@@ -268,18 +274,20 @@ def test_sets(c: train.TrainConfig, library, n: int) -> dict:
     return sets
 
 
-def load_network(c: train.TrainConfig, state: dict, device="cpu") -> torch.nn.Module:
+def load_network(c: TrainConfig, state: RunCheckpoint, device="cpu") -> torch.nn.Module:
     """The network of a run's checkpoint ``state`` (config ``c``), with its weights, on ``device``."""
     instrument = Instrument.preset(c.instrument)
     model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins, c.outside_prob > 0, wave_edges=instrument.wave_edges,
                         z_range=(c.z_min, c.z_max))
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state.model)
     return model.to(device)
 
 
-def score(c: train.TrainConfig, model, data, edges, calibration) -> dict:
+def score(c: TrainConfig, model, data, edges, calibration) -> dict:
+    """``redshift_metrics`` of ``model`` (config ``c``) on a test set; ``calibration``: the run's P(z) temperatures
+    (``PredictStats.calibration``) or None."""
     flux, ivar, z, _ = data
-    prediction = train.predict(model, c, flux, edges, ivar=ivar, calibration=calibration)
+    prediction = predict_set(model, c, flux, edges, ivar=ivar, calibration=calibration)
     extra = {}
     if "summary" in prediction:
         s = prediction["summary"]
@@ -288,14 +296,14 @@ def score(c: train.TrainConfig, model, data, edges, calibration) -> dict:
 
 
 def score_ensemble(name: str, members: list, work: Path, sets: dict, device, library) -> dict:
-    """Row ``name`` of ENSEMBLES: the finished runs ``members`` used as one ``zfast.EnsembleModel`` (mean P(z), its own
+    """Row ``name`` of ENSEMBLES: the finished runs ``members`` used as one ``zfast.checkpoint.EnsembleModel`` (mean P(z), its own
     per-SNR temperatures: an ensemble file, ``zfast-train --ensemble``, in <work>/<name>/) on every test set."""
     path = work / run_folder(name) / "ensemble.pt"
     if not path.exists():
-        train.build_ensemble([work / run_folder(m) / "best.pt" for m in members], path, str(device))
+        build_ensemble([work / run_folder(m) / "best.pt" for m in members], path, str(device))
     ensemble = load_model(path, device)
-    c = train.config_from_state(train.load_checkpoint(work / run_folder(members[0]) / "best.pt"))
-    entry = {"config": dict(members=members), "step": c.steps, "n_train_seds": int(train.run_splits(c, library)["train"].numel()),
+    c = config_from_dict(checkpoint.read(work / run_folder(members[0]) / "best.pt").config)
+    entry = {"config": dict(members=members), "step": c.steps, "n_train_seds": int(splits(c, library)["train"].numel()),
              "train_seconds": sum(_train_seconds(work / run_folder(m)) for m in members)}  # fmt: skip
     for (split, condition), data in sets.items():
         entry[f"{split}/{condition}"] = ensemble_metrics(ensemble, data)
@@ -334,9 +342,9 @@ def library_fit_calibration(results: dict, results_path: Path, first, library, t
         return {k: torch.tensor(v) for k, v in stored.items()}
     started = time.perf_counter()
     fits, zs, snrs, groups, scales = [], [], [], [], []
-    for i, (noise, n) in enumerate([(train.make_instrument(first).noise, 4096), (NoiseModel("euclid"), 2048), (NoiseModel("none"), 1024)]):
+    for i, (noise, n) in enumerate([(make_instrument(first).noise, 4096), (NoiseModel("euclid"), 2048), (NoiseModel("none"), 1024)]):
         instrument = Instrument.preset(first.instrument, noise)
-        flux, ivar, z, _ = train.augmented(first, library, instrument, "val").fixed_set(n, seed=CALIBRATION_SEED + i)
+        flux, ivar, z, _ = augmented(first, library, instrument, "val").fixed_set(n, seed=CALIBRATION_SEED + i)
         fits.append(library_fit_redshift(library, instrument, flux, ivar, train_seds, (first.z_min, first.z_max)))
         groups.append(fit_groups(fits[-1]))
         scales.append(fit_scale(fits[-1]))
@@ -353,7 +361,7 @@ def library_fit_calibration(results: dict, results_path: Path, first, library, t
 
 
 def ensemble_metrics(ensemble, data) -> dict:
-    """``score`` for a ``zfast.EnsembleModel``: z the refined mode of the mean softmax, intervals from its P(z)."""
+    """``score`` for a ``zfast.checkpoint.EnsembleModel``: z the refined mode of the mean softmax, intervals from its P(z)."""
     flux, ivar, z, _ = data
     parts = [ensemble_summary(ensemble, flux[i:i + 1024], spectrum_snr(ivar[i:i + 1024]))[1] for i in range(0, flux.shape[0], 1024)]
     s = PzSummary(*(torch.cat(field).cpu() for field in zip(*parts)))
@@ -411,9 +419,9 @@ def main(argv=None) -> int:
     results_path = out / "paper_table.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("runs", {})
-    device = train.pick_device(args.device)
-    first = train.TrainConfig(**next(iter(every.values())))  # every row shares its library, split and test sets
-    library = train.load_library(first.library).to(device)
+    device = pick_device(args.device)
+    first = TrainConfig(**next(iter(every.values())))  # every row shares its library, split and test sets
+    library = load_library(first.library).to(device)
     sets = test_sets(first, library, args.n_test)
     trained_on = results.get("protocol", {}).get("trained_on")  # a table trained elsewhere and scored here keeps it
     results["protocol"] = dict(library=args.library, n_seds=len(library), holdout_sfh=args.holdout_sfh, n_test=args.n_test,
@@ -429,7 +437,7 @@ def main(argv=None) -> int:
                 lambda instrument, flux, ivar, sed: template_fit_redshift(library, instrument, sed, flux, ivar, z_range))
     # The classical peer: every test spectrum against every *training* SED (of the first run's split) at every z,
     # free amplitude (zfast.template_fit.library_fit_redshift): no network, no test SED among them.
-    train_seds = train.run_splits(first, library)["train"]
+    train_seds = splits(first, library)["train"]
     calibration = library_fit_calibration(results, results_path, first, library, train_seds)
 
     def library_fit(instrument, flux, ivar, sed):
@@ -442,23 +450,23 @@ def main(argv=None) -> int:
 
     for name, overrides in plan.items():
         run_dir = train_once(name, overrides, work)
-        state = train.load_checkpoint(run_dir / "best.pt")
-        c = train.config_from_state(state)
+        state = checkpoint.read(run_dir / "best.pt")
+        c = config_from_dict(state.config)
         model = load_network(c, state, device)
         edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
-        stats = state.get("predict_stats", {})
+        stats = state.stats.calibration or {}
         stale = ("snr_edges" in stats and tuple(stats["snr_edges"].tolist()) != SNR_EDGES) or (
-            int(stats.get("calibration_n", 0)) < train.calibration_size(c)
+            int(stats.get("calibration_n", 0)) < calibration_size(c)
             or int(stats.get("calibration_version", 1)) < CALIBRATION_VERSION)
         if c.estimator != "regression" and ("temperatures" not in stats or (stale and args.refit_calibration)):
             # Runs trained before zfast.calibration existed (or, with --refit-calibration, before its SNR bins
             # changed or its calibration set grew): fit (and store) their per-SNR temperatures now, on spectra of
             # their validation SEDs.
-            train.store_predict_stats(c, run_dir, run_dir / "best.pt", state, model, library, train.make_instrument(c), edges)
-        entry = {"config": overrides, "step": state["step"], "train_seconds": _train_seconds(run_dir),
-                 "n_train_seds": int(train.run_splits(c, library)["train"].numel())}  # fmt: skip
+            store_predict_stats(c, run_dir, run_dir / "best.pt", state, model, library, make_instrument(c), edges)
+        entry = {"config": overrides, "step": state.step, "train_seconds": _train_seconds(run_dir),
+                 "n_train_seds": int(splits(c, library)["train"].numel())}  # fmt: skip
         for (split, condition), data in sets.items():
-            entry[f"{split}/{condition}"] = score(c, model, data, edges, state.get("predict_stats"))
+            entry[f"{split}/{condition}"] = score(c, model, data, edges, state.stats.calibration)
         results["runs"][name] = entry
         _write(results_path, results)
     for name, members in ENSEMBLES.items():

@@ -1,7 +1,7 @@
 """Outlier rates on large test sets: η(>0.01) at white-noise SNR 10 and 3 on N spectra per condition (default
 16,384, eight times the table's 2048), for table checkpoints, next to the true-template χ² on the same spectra.
 
-    python benchmarks/large_test_sets.py --library lib10k.h5 runs/resnet1d__classification-800/best.pt ...
+    python benchmarks/studies/large_test_sets.py --library lib10k.h5 runs/resnet1d__classification-800/best.pt ...
 
 ``--templates`` adds the template fit with all training SEDs (no network) on the same spectra; ``--conditions snr10``
 restricts the noise levels, ``--profile`` adds the fit by the best SED alone (its valley not marginalised over the
@@ -30,9 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_table
 
 import zfast
-from zfast import train
+from zfast.checkpoint import EnsembleModel
 from zfast.data import Instrument
+from zfast.data.sets import load_library
+from zfast.devices import pick_device
 from zfast.template_fit import library_fit_redshift, template_fit_redshift
+from zfast.training import TrainConfig, augmented, config_from_dict, splits
 
 SEEDS = {"snr10": 60_000, "snr3": 60_001}
 
@@ -67,14 +70,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.checkpoints and not args.templates:
         parser.error("give checkpoints, --templates, or both")
-    device = train.pick_device(args.device)
-    library = train.load_library(args.library)
+    device = pick_device(args.device)
+    library = load_library(args.library)
     models = [zfast.load_model(p, device) for p in args.checkpoints]
     if models:
-        config = train.config_from_state({"config": (models[0].members[0] if isinstance(models[0], zfast.EnsembleModel) else models[0]).config})
+        config = config_from_dict(models[0].config)  # (an ensemble's: its first member's)
     else:  # the table's split (every row of the plan shares it)
         plan = paper_table.runs(argparse.Namespace(library=args.library, holdout_sfh=args.holdout_sfh, device="cpu", quick=True, steps=0))
-        config = train.TrainConfig(**next(iter(plan.values())))
+        config = TrainConfig(**next(iter(plan.values())))
     first = dataclasses.replace(config, library=args.library, holdout_sfh=args.holdout_sfh,
                                 noise="white", min_line_snr=0.0)  # fmt: skip
     sets = {}
@@ -83,8 +86,8 @@ def main(argv=None) -> int:
             if condition not in args.conditions.split(","):
                 continue
             instrument = Instrument.preset(first.instrument, paper_table.CONDITIONS[condition])
-            sets[split, condition] = tuple(t.to(device) for t in train.augmented(first, library, instrument, split).fixed_set(args.n, seed=seed))
-    train_seds = train.run_splits(first, library)["train"]
+            sets[split, condition] = tuple(t.to(device) for t in augmented(first, library, instrument, split).fixed_set(args.n, seed=seed))
+    train_seds = splits(first, library)["train"]
     library = library.to(device)
     for (split, condition), (flux, ivar, z, sed) in sets.items() if not args.no_chi2 else ():
         instrument = Instrument.preset(first.instrument, paper_table.CONDITIONS[condition])
@@ -102,14 +105,14 @@ def main(argv=None) -> int:
             print(f"{label:48s} {split:8s} {condition:6s} η {100 * eta:.2f} ± {100 * _error(eta, args.n):.2f} %"
                   f"  ({_clock(device) - started:.1f} s)", flush=True)  # fmt: skip
     for path, model in zip(args.checkpoints, models):
-        ensemble = isinstance(model, zfast.EnsembleModel)
+        ensemble = isinstance(model, EnsembleModel)
         name = f"{Path(path).parent.name} (ensemble of {len(model.members)})" if ensemble else Path(path).parent.name
         for (split, condition), data in sets.items():
             with torch.no_grad():
                 if ensemble:
                     m = paper_table.ensemble_metrics(model, data)
                 else:
-                    m = paper_table.score(train.config_from_state({"config": model.config}), model.network, data, model.bin_edges, model.stats)
+                    m = paper_table.score(config_from_dict(model.config), model.network, data, model.bin_edges, model.stats.calibration)
             eta = m["outlier_01"]
             print(f"{name:48s} {split:8s} {condition:6s} η {100 * eta:.2f} ± {100 * _error(eta, args.n):.2f} %  "
                   f"σ_NMAD {m['sigma_nmad']:.2e}  68 % coverage {m.get('coverage68', math.nan):.3f}", flush=True)  # fmt: skip

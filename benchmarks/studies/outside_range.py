@@ -1,6 +1,6 @@
 """How often zfast-predict raises flag_z_range, by true redshift, across everything the library can reach.
 
-    python benchmarks/outside_range.py runs/quick/best.pt [--n 3000] [--seed 11]
+    python benchmarks/studies/outside_range.py runs/quick/best.pt [--n 3000] [--seed 11]
 
 Draws spectra of the run's test SEDs at z uniform over the redshifts the library can put on the model's
 instrument (NISP and the built-in library: 0.79-2.44), with the run's noise model, through ``zfast.predict``,
@@ -15,7 +15,8 @@ import sys
 import torch
 
 import zfast
-from zfast import train
+from zfast.data.sets import load_library
+from zfast.training import config_from_dict, make_instrument, splits
 
 EDGES = (1.0, 1.02, 1.1, 1.7, 1.78, 1.8, 1.82, 1.9, 2.0, 2.2)
 
@@ -27,13 +28,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args(argv)
     model = zfast.load_model(args.checkpoint, "cpu")
-    c = train.config_from_state(train.load_checkpoint(args.checkpoint))
-    library = train.load_library(c.library)
-    instrument = train.make_instrument(c)
+    c = config_from_dict(model.config)
+    library = load_library(c.library)
+    instrument = make_instrument(c)
     lo, hi = library.z_range(instrument.wave_edges)
     lo, hi = max(lo, 0.0) + 1e-6, hi - 1e-6
     g = torch.Generator().manual_seed(args.seed)
-    test = train.run_splits(c, library)["test"]
+    test = splits(c, library)["test"]
     sed = test[torch.randint(0, test.numel(), (args.n,), generator=g)]
     z = lo + (hi - lo) * torch.rand(args.n, generator=g, dtype=torch.float64)
     flux, ivar = instrument.observe(library.redshift_resample(sed, z, instrument.wave_edges).double(), g)
