@@ -11,7 +11,8 @@ import torch
 
 import zfast
 from conftest import nisp_edges
-from zfast import sed_builder
+from zfast.data import lines as ew_lines
+from zfast.sed import recipe as sed_recipe
 
 DATA = pathlib.Path(zfast.__file__).resolve().parent / "data"
 LIBRARY_FILE = DATA / "default_library.npz"
@@ -58,7 +59,7 @@ def test_loads_with_numpy_alone(tmp_path):
 def test_shape_grid_and_coverage(library):
     assert (library.n_seds, library.n_pixels) == (1000, 2217)
     assert library.dln == pytest.approx(1 / 2000, rel=1e-9)
-    np.testing.assert_allclose(library.wavelength.numpy(), sed_builder.rest_wavelength_grid(), rtol=1e-12)
+    np.testing.assert_allclose(library.wavelength.numpy(), sed_recipe.rest_wavelength_grid(), rtol=1e-12)
     library.check_coverage(12060 + 13.4 * torch.arange(513, dtype=torch.float64), (1.0, 1.8))
 
 
@@ -76,7 +77,7 @@ def test_params_present_for_every_sed(library):
         assert params[name].shape == (library.n_seds,)
     for name in COMMON_PARAMS[1:]:
         assert np.isfinite(params[name]).all(), f"params[{name!r}] has non-finite values"
-    assert set(params["sfh_type"]) == set(sed_builder.SFH_TYPES)
+    assert set(params["sfh_type"]) == set(sed_recipe.SFH_TYPES)
     # Recipe parameters apply to some SFH types only (NaN elsewhere), and always where they apply.
     for kind in ("delayed", "exponential", "post_starburst"):
         assert np.isfinite(params["tau_gyr"][params["sfh_type"] == kind]).all()
@@ -87,7 +88,7 @@ def test_params_present_for_every_sed(library):
 
 
 def test_weak_line_fraction_at_least_30_percent(library):
-    weak = library.params["ew_halpha"] < sed_builder.WEAK_LINE_EW
+    weak = library.params["ew_halpha"] < ew_lines.WEAK_LINE_EW
     assert weak.mean() >= 0.30
     # and not only from the passive families: dusty and old star-forming galaxies contribute too
     star_forming = np.isin(library.params["sfh_type"], ["delayed", "exponential", "constant", "lognormal"])
@@ -96,7 +97,7 @@ def test_weak_line_fraction_at_least_30_percent(library):
 
 def test_stored_ew_matches_the_stored_spectra(library):
     """ew_halpha was measured on the float64 spectra; the float16 ones give it back to rounding."""
-    measured = sed_builder.halpha_equivalent_width(library.wavelength.numpy(), library.flux.numpy())
+    measured = ew_lines.halpha_equivalent_width(library.wavelength.numpy(), library.flux.numpy())
     np.testing.assert_allclose(measured, library.params["ew_halpha"], rtol=2e-3, atol=0.1)
 
 
@@ -110,7 +111,7 @@ def test_halpha_sits_at_its_vacuum_wavelength(library):
     residual = median - np.polyval(np.polyfit(wave[bands], median[bands], 1), wave)
     near = np.abs(wave - 6564.6) < 8.0  # ±2.4 pixels: Hα only ([NII] is 15 and 21 Å away)
     centroid = np.sum(wave[near] * residual[near]) / np.sum(residual[near])
-    assert abs(centroid - sed_builder.HALPHA_VACUUM) < 0.3, centroid  # tighter than the ±1.5 Å asked for
+    assert abs(centroid - ew_lines.HALPHA_VACUUM) < 0.3, centroid  # tighter than the ±1.5 Å asked for
 
 
 def test_halpha_lands_at_its_observed_wavelength_on_nisp(library):
@@ -120,7 +121,7 @@ def test_halpha_lands_at_its_observed_wavelength_on_nisp(library):
     for z in (1.05, 1.3, 1.75):
         spectrum = library.redshift_resample(torch.tensor([index]), torch.tensor([z], dtype=torch.float64), edges)[0]
         assert torch.isfinite(spectrum).all()
-        expected = int(torch.searchsorted(edges, torch.tensor(sed_builder.HALPHA_VACUUM * (1 + z), dtype=torch.float64))) - 1
+        expected = int(torch.searchsorted(edges, torch.tensor(ew_lines.HALPHA_VACUUM * (1 + z), dtype=torch.float64))) - 1
         assert int(torch.argmax(spectrum)) == expected
 
 
@@ -132,7 +133,7 @@ def test_provenance_records_how_it_was_made(library, provenance):
     assert provenance["date_utc"][:2] == "20"
     types, counts = np.unique(library.params["sfh_type"], return_counts=True)
     assert provenance["counts_per_sfh_type"] == {str(t): int(c) for t, c in zip(types, counts)}
-    weak = np.mean(library.params["ew_halpha"] < sed_builder.WEAK_LINE_EW)
+    weak = np.mean(library.params["ew_halpha"] < ew_lines.WEAK_LINE_EW)
     assert provenance["weak_line_fraction"] == pytest.approx(weak)
     assert provenance["file_bytes"] == LIBRARY_FILE.stat().st_size
     assert "vacuum" in provenance["rest_grid"]["wavelength"]
@@ -141,7 +142,7 @@ def test_provenance_records_how_it_was_made(library, provenance):
 def test_default_parameters_reproduce_from_the_recorded_seed(library, provenance):
     """The parameter draws are a pure function of (n, seed, recipe): redrawing them needs no bagpipes."""
     config = provenance["config"]
-    recipe = sed_builder.Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["recipe"].items()})
-    drawn = sed_builder.draw_parameters(config["n"], config["seed"], recipe, config["z_max"])
+    recipe = sed_recipe.Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["recipe"].items()})
+    drawn = sed_recipe.draw_parameters(config["n"], config["seed"], recipe, config["z_max"])
     for name, column in drawn.items():
         np.testing.assert_array_equal(library.params[name], column, err_msg=name)

@@ -14,7 +14,11 @@ import torch
 
 import zfast
 from conftest import nisp_edges
-from zfast import sed_builder
+from zfast.cli import sed as sed_cli
+from zfast.data import lines as ew_lines
+from zfast.sed import builder as sed_build
+from zfast.sed import recipe as sed_recipe
+from zfast.sed import synthesis
 
 
 # --- licence boundary (no bagpipes needed) ---------------------------------------------------------------------
@@ -29,11 +33,11 @@ def test_importing_zfast_and_the_cli_never_imports_bagpipes(tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] == 'bagpipes': tried.append(name)\n"
         "sys.meta_path.insert(0, Watch())\n"
-        "import zfast, zfast.sed_builder, zfast.data, zfast.wavelengths\n"
+        "import zfast, zfast.sed, zfast.cli.sed, zfast.data, zfast.wavelengths\n"
         "zfast.SEDLibrary.default()\n"
-        "zfast.sed_builder.draw_parameters(20, 0)\n"
+        "zfast.sed.draw_parameters(20, 0)\n"
         "try:\n"
-        "    zfast.sed_builder.main(['build', '--help'])\n"
+        "    zfast.cli.sed.main(['build', '--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'bagpipes')\n"
@@ -45,7 +49,7 @@ def test_importing_zfast_and_the_cli_never_imports_bagpipes(tmp_path):
 
 
 def test_python_dash_m_runs_the_cli(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "zfast.sed_builder", "build", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "zfast.cli.sed", "build", "--help"], capture_output=True,
                             text=True, cwd=tmp_path, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--seed" in result.stdout and "--out" in result.stdout
@@ -53,12 +57,12 @@ def test_python_dash_m_runs_the_cli(tmp_path):
 
 def test_cli_rejects_bad_arguments_before_importing_bagpipes(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        sed_builder.main(["build", "--n", "10"])  # no --out
+        sed_cli.main(["build", "--n", "10"])  # no --out
     assert "--out" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--n must be >= 1"):
-        sed_builder.main(["build", "--n", "0", "--out", str(tmp_path / "lib.h5")])
-    with pytest.raises(ValueError, match="wave_min < wave_max"):
-        sed_builder.main(["build", "--n", "5", "--wave-min", "9000", "--wave-max", "8000", "--out", str(tmp_path / "x.h5")])
+    with pytest.raises(SystemExit, match="--n must be >= 1"):
+        sed_cli.main(["build", "--n", "0", "--out", str(tmp_path / "lib.h5")])
+    with pytest.raises(SystemExit, match="wave_min < wave_max"):
+        sed_cli.main(["build", "--n", "5", "--wave-min", "9000", "--wave-max", "8000", "--out", str(tmp_path / "x.h5")])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -70,9 +74,9 @@ def test_without_bagpipes_the_build_says_how_to_get_it(tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] == 'bagpipes': raise ModuleNotFoundError('blocked', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import zfast.sed_builder\n"
+        "import zfast.sed\n"
         "try:\n"
-        "    zfast.sed_builder.main(['build', '--n', '4', '--workers', '2', '--out', 'lib.h5'])\n"
+        "    zfast.sed.build(zfast.sed.BuildConfig(n=4, seed=0, out='lib.h5', workers=2))\n"
         "except ImportError as error:\n"
         "    print('RESULT', error)\n"
     )
@@ -84,7 +88,7 @@ def test_without_bagpipes_the_build_says_how_to_get_it(tmp_path):
 
 # --- the rest grid and the parameter draws (no bagpipes needed) ------------------------------------------------
 def test_rest_grid_serves_nisp_for_1_to_1p8():
-    wave = sed_builder.rest_wavelength_grid()
+    wave = sed_recipe.rest_wavelength_grid()
     assert wave[0] == pytest.approx(3500.0, rel=1e-12) and wave[-1] <= 10600.0 < wave[-1] * math.exp(1 / 2000)
     np.testing.assert_allclose(np.diff(np.log(wave)), 1 / 2000, rtol=1e-9)
     library = zfast.SEDLibrary(wave, np.ones((1, len(wave))))
@@ -96,28 +100,28 @@ def test_age_of_universe_matches_astropy():
 
     cosmology = FlatLambdaCDM(H0=70.0, Om0=0.3)
     for z in (0.0, 1.0, 1.8, 4.0):
-        assert sed_builder.age_of_universe_gyr(z) == pytest.approx(cosmology.age(z).value, abs=1e-4)
+        assert sed_recipe.age_of_universe_gyr(z) == pytest.approx(cosmology.age(z).value, abs=1e-4)
 
 
 def test_draws_are_deterministic_and_counted_exactly():
-    first = sed_builder.draw_parameters(1000, 7)
-    again = sed_builder.draw_parameters(1000, 7)
-    other = sed_builder.draw_parameters(1000, 8)
+    first = sed_recipe.draw_parameters(1000, 7)
+    again = sed_recipe.draw_parameters(1000, 7)
+    other = sed_recipe.draw_parameters(1000, 8)
     for name in first:
         np.testing.assert_array_equal(first[name], again[name])
     assert not np.array_equal(first["av"], other["av"])
-    weights = sed_builder.Recipe().sfh_weights
+    weights = sed_recipe.Recipe().sfh_weights
     types, counts = np.unique(first["sfh_type"], return_counts=True)
     assert dict(zip(types, counts)) == {k: round(1000 * w / sum(weights.values())) for k, w in weights.items()}
-    small = sed_builder.draw_parameters(3, 0)  # largest remainder: exactly n, whatever the rounding
+    small = sed_recipe.draw_parameters(3, 0)  # largest remainder: exactly n, whatever the rounding
     assert len(small["sfh_type"]) == 3
 
 
 def test_draws_respect_the_recipe():
-    recipe = sed_builder.Recipe()
-    p = sed_builder.draw_parameters(4000, 1, recipe, z_max=1.8)
+    recipe = sed_recipe.Recipe()
+    p = sed_recipe.draw_parameters(4000, 1, recipe, z_max=1.8)
     kind = p["sfh_type"]
-    assert set(kind) == set(sed_builder.SFH_TYPES)
+    assert set(kind) == set(sed_recipe.SFH_TYPES)
     for name, bounds in (("metallicity_zsun", recipe.metallicity_zsun), ("eta", recipe.eta), ("logu", recipe.logu),
                          ("veldisp_kms", recipe.veldisp_kms)):  # fmt: skip
         assert bounds[0] <= p[name].min() and p[name].max() <= bounds[1], name
@@ -131,27 +135,27 @@ def test_draws_respect_the_recipe():
 
 
 def test_ages_are_capped_by_the_age_of_the_universe_at_z_max():
-    t_universe = sed_builder.age_of_universe_gyr(4.0)  # 1.5 Gyr: below the recipe's 3 Gyr
-    p = sed_builder.draw_parameters(2000, 2, z_max=4.0)
+    t_universe = sed_recipe.age_of_universe_gyr(4.0)  # 1.5 Gyr: below the recipe's 3 Gyr
+    p = sed_recipe.draw_parameters(2000, 2, z_max=4.0)
     assert np.nanmax(p["age_gyr"]) <= t_universe + 1e-12
     assert np.nanmax(p["age_gyr"]) > 0.8 * t_universe  # the cap binds, not an empty range
 
 
 def test_bagpipes_components_for_every_sfh_type():
-    p = sed_builder.draw_parameters(200, 3)
+    p = sed_recipe.draw_parameters(200, 3)
     seen = set()
     for b in range(200):
         row = {name: column[b] for name, column in p.items()}
-        components = sed_builder.bagpipes_components(row, 1.8)
+        components = sed_recipe.bagpipes_components(row, 1.8)
         assert components["redshift"] == 1.8 and components["dust"]["type"] == "Calzetti"
         masses = [c["massformed"] for c in components.values() if isinstance(c, dict) and "massformed" in c]
         assert math.log10(sum(10**m for m in masses)) == pytest.approx(10.0)
         seen.add(row["sfh_type"])
-    assert seen == set(sed_builder.SFH_TYPES)
+    assert seen == set(sed_recipe.SFH_TYPES)
     with pytest.raises(ValueError, match="unknown sfh_type 'starburst'"):
-        sed_builder.bagpipes_components(dict(row, sfh_type="starburst"), 1.8)
+        sed_recipe.bagpipes_components(dict(row, sfh_type="starburst"), 1.8)
     with pytest.raises(ValueError, match="unknown SFH types"):
-        sed_builder.draw_parameters(5, 0, sed_builder.Recipe(sfh_weights={"starburst": 1.0}))
+        sed_recipe.draw_parameters(5, 0, sed_recipe.Recipe(sfh_weights={"starburst": 1.0}))
 
 
 # --- EW(Hα+[NII]) (no bagpipes needed) -----------------------------------------------------------------------
@@ -163,41 +167,41 @@ def gaussian_pixel_means(edges, centre, sigma, flux):
 
 @pytest.mark.parametrize("sigma", [1.0, 3.0, 5.5])
 def test_ew_of_known_lines_on_a_sloped_continuum(sigma):
-    wave = sed_builder.rest_wavelength_grid()
+    wave = sed_recipe.rest_wavelength_grid()
     edges = np.exp(np.log(wave[0]) - 1 / 4000 + np.arange(len(wave) + 1) / 2000)
     continuum = 2.0 + 1e-4 * (wave - 6564.61)
     lines = sum(gaussian_pixel_means(edges, centre, sigma, ew * (2.0 + 1e-4 * (centre - 6564.61)))
                 for centre, ew in ((6564.61, 100.0), (6585.27, 30.0), (6549.86, 10.0)))  # fmt: skip
-    ew = sed_builder.halpha_equivalent_width(wave, np.stack([continuum + lines, 3.0 * (continuum + lines), continuum]))
+    ew = ew_lines.halpha_equivalent_width(wave, np.stack([continuum + lines, 3.0 * (continuum + lines), continuum]))
     # The window holds the lines to 2.7σ at σ = 5.5 Å (250 km/s): [NII] 6585 then loses 0.4 % of its 30 Å.
     np.testing.assert_allclose(ew, [140.0, 140.0, 0.0], rtol=1e-3, atol=1e-9)
     absorption = continuum - gaussian_pixel_means(edges, 6564.61, 15.0, 4.0 * 2.0)
-    assert -4.0 < sed_builder.halpha_equivalent_width(wave, absorption) < -3.0  # broad wings reach the bands
+    assert -4.0 < ew_lines.halpha_equivalent_width(wave, absorption) < -3.0  # broad wings reach the bands
 
 
 def test_ew_needs_the_bands():
     wave = np.linspace(6500.0, 6700.0, 100)
     with pytest.raises(ValueError, match="needs 6470-6660 Å"):
-        sed_builder.halpha_equivalent_width(wave, np.ones(100))
+        ew_lines.halpha_equivalent_width(wave, np.ones(100))
     with pytest.raises(ValueError, match="N = len"):
-        sed_builder.halpha_equivalent_width(sed_builder.rest_wavelength_grid(), np.ones((2, 10)))
-    wave = sed_builder.rest_wavelength_grid()
-    assert math.isnan(sed_builder.halpha_equivalent_width(wave, -np.ones(len(wave))))
+        ew_lines.halpha_equivalent_width(sed_recipe.rest_wavelength_grid(), np.ones((2, 10)))
+    wave = sed_recipe.rest_wavelength_grid()
+    assert math.isnan(ew_lines.halpha_equivalent_width(wave, -np.ones(len(wave))))
 
 
 # --- with bagpipes ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synthesiser():
     pytest.importorskip("bagpipes")
-    return sed_builder._Synthesiser(1.8, sed_builder.WAVE_MIN, sed_builder.WAVE_MAX)
+    return synthesis.Synthesiser(1.8, sed_recipe.WAVE_MIN, sed_recipe.WAVE_MAX)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, synthesiser):
     """A 14-SED library (every SFH type) built by the CLI in this process, its provenance, and its path."""
     out = tmp_path_factory.mktemp("built") / "lib.h5"
-    assert sed_builder.main(["build", "--n", "14", "--seed", "3", "--workers", "1", "--out", str(out), "--quiet"]) == 0
-    provenance = json.loads(sed_builder.provenance_path(out).read_text(encoding="utf-8"))
+    assert sed_cli.main(["build", "--n", "14", "--seed", "3", "--workers", "1", "--out", str(out), "--quiet"]) == 0
+    provenance = json.loads(sed_build.provenance_path(out).read_text(encoding="utf-8"))
     return zfast.SEDLibrary.load(out), provenance, out
 
 
@@ -207,7 +211,7 @@ def stock_bagpipes_rest_spectrum(synthesiser, row):
     import warnings
 
     bagpipes = synthesiser.bagpipes
-    components = sed_builder.bagpipes_components(row, synthesiser.z_model)
+    components = sed_recipe.bagpipes_components(row, synthesiser.z_model)
     with warnings.catch_warnings():  # spectres warns that the 2-point spec_wavs used to set the grid is odd
         warnings.simplefilter("ignore", RuntimeWarning)
         model = bagpipes.model_galaxy(components, spec_wavs=synthesiser.spec_wavs)
@@ -239,7 +243,7 @@ def test_spectrum_matches_bagpipes_own(synthesiser, name):
         far_from_lines &= np.abs(wave - line) > 30.0
     np.testing.assert_allclose(ours[far_from_lines], stock[far_from_lines], rtol=1e-4)
     window = (wave > 6530) & (wave < 6600)
-    width = np.diff(sed_builder._geometric_edges(wave))
+    width = np.diff(synthesis.geometric_edges(wave))
     assert np.sum((ours * width)[window]) == pytest.approx(np.sum((stock * width)[window]), rel=1e-3)
     if name == "star_forming":
         assert derived["halpha_luminosity"][0] > 0
@@ -256,20 +260,20 @@ def test_built_library(built):
     library, provenance, out = built
     assert (library.n_seds, library.n_pixels) == (14, 2217)
     library.check_coverage(nisp_edges(), (1.0, 1.8))
-    assert set(library.params["sfh_type"]) == set(sed_builder.SFH_TYPES)
-    drawn = sed_builder.draw_parameters(14, 3)
+    assert set(library.params["sfh_type"]) == set(sed_recipe.SFH_TYPES)
+    drawn = sed_recipe.draw_parameters(14, 3)
     for name, column in drawn.items():
         np.testing.assert_array_equal(library.params[name], column, err_msg=name)
     flux = library.flux
     torch.testing.assert_close(flux.median(dim=1).values, torch.ones(14, dtype=torch.float64), rtol=0, atol=1e-6)
     ew = library.params["ew_halpha"]
-    np.testing.assert_allclose(sed_builder.halpha_equivalent_width(library.wavelength.numpy(), flux.numpy()), ew,
+    np.testing.assert_allclose(ew_lines.halpha_equivalent_width(library.wavelength.numpy(), flux.numpy()), ew,
                                rtol=1e-4, atol=1e-3)  # fmt: skip
     weak_types = np.isin(library.params["sfh_type"], ["quenched"])
-    assert (ew[weak_types] < sed_builder.WEAK_LINE_EW).all()
-    assert (ew[library.params["sfh_type"] == "constant"] > sed_builder.WEAK_LINE_EW).any()
+    assert (ew[weak_types] < ew_lines.WEAK_LINE_EW).all()
+    assert (ew[library.params["sfh_type"] == "constant"] > ew_lines.WEAK_LINE_EW).any()
     assert provenance["command"] == f"zfast-sed build --n 14 --seed 3 --workers 1 --out {out} --quiet"
-    assert provenance["bagpipes_version"] == sed_builder.bagpipes_version() != "not installed"
+    assert provenance["bagpipes_version"] == synthesis.bagpipes_version() != "not installed"
     assert provenance["counts_per_sfh_type"] == {k: int(v) for k, v in zip(*np.unique(drawn["sfh_type"], return_counts=True))}
     assert provenance["weak_line_fraction"] == pytest.approx(np.mean(ew < 20.0))
 
@@ -281,13 +285,13 @@ def test_builds_are_reproducible_and_npz_is_compressed(built, tmp_path):
 
     _, _, first = built
     out = tmp_path / "again.npz"
-    sed_builder.main(["build", "--n", "14", "--seed", "3", "--workers", "1", "--out", str(out), "--quiet"])
+    sed_cli.main(["build", "--n", "14", "--seed", "3", "--workers", "1", "--out", str(out), "--quiet"])
     with h5py.File(first, "r") as stored, np.load(out) as again:
         np.testing.assert_array_equal(again["flux"], stored["flux"][()])
     with zipfile.ZipFile(out) as archive:
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_DEFLATED}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.npz", "again.provenance.json"]
-    sed_builder.main(["build", "--n", "14", "--seed", "3", "--workers", "1", "--dtype", "float16", "--out",
+    sed_cli.main(["build", "--n", "14", "--seed", "3", "--workers", "1", "--dtype", "float16", "--out",
                       str(tmp_path / "half.npz"), "--quiet"])  # fmt: skip
     half = zfast.SEDLibrary.load(tmp_path / "half.npz")
     torch.testing.assert_close(half.flux, zfast.SEDLibrary.load(out).flux, rtol=1e-3, atol=0)
@@ -299,5 +303,5 @@ def test_spawned_workers_give_the_same_library(built, tmp_path):
     library made in-process: the parameters are drawn up front, so the split over workers does not matter."""
     library, _, _ = built
     out = tmp_path / "workers.h5"
-    sed_builder.main(["build", "--n", "14", "--seed", "3", "--workers", "2", "--chunk-size", "4", "--out", str(out), "--quiet"])
+    sed_cli.main(["build", "--n", "14", "--seed", "3", "--workers", "2", "--chunk-size", "4", "--out", str(out), "--quiet"])
     torch.testing.assert_close(zfast.SEDLibrary.load(out).flux, library.flux, rtol=0, atol=0)
