@@ -28,12 +28,33 @@ def _usual_permissions(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def _link_exclusively(temporary: str, path: pathlib.Path) -> None:
+    """Move ``temporary`` to ``path`` only if nothing is there: FileExistsError otherwise (a hard link fails on
+    an existing name atomically; where links are not supported, an O_EXCL placeholder claims the name)."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} appeared while it was being written (another run?): left as it is") from None
+    except OSError:  # no hard links here (some network and FAT file systems)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            raise FileExistsError(f"{path} appeared while it was being written (another run?): left as it is") from None
+        os.replace(temporary, path)
+        return
+    os.remove(temporary)
+
+
 @contextlib.contextmanager
-def atomic_path(path: PathLike, *, make_parents: bool = True) -> Iterator[pathlib.Path]:
-    """A temporary path beside ``path``; on a clean exit it is fsync'ed and renamed to ``path``."""
+def atomic_path(path: PathLike, *, make_parents: bool = True, exclusive: bool = False) -> Iterator[pathlib.Path]:
+    """A temporary path beside ``path`` (a unique name: concurrent writers never share one); on a clean exit it is
+    fsync'ed and renamed to ``path``. ``exclusive``: fail with FileExistsError, leaving it untouched, if ``path``
+    exists by then (a run that must not overwrite checks at its end too, not only at its start)."""
     path = pathlib.Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(handle)
     try:
@@ -41,7 +62,10 @@ def atomic_path(path: PathLike, *, make_parents: bool = True) -> Iterator[pathli
         yield pathlib.Path(temporary)
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
-        os.replace(temporary, path)
+        if exclusive:
+            _link_exclusively(temporary, path)
+        else:
+            os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

@@ -91,7 +91,7 @@ def resample(flux: torch.Tensor, var: torch.Tensor, valid: torch.Tensor, wavelen
 
 
 def _checked_inputs(wavelength, flux, ivar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(wavelength [N] or [B, N], flux [B, N], ivar [B, N]) float64, their shapes and values checked."""
+    """(wavelength [N] or [B, N], flux [B, N], ivar [B, N] or None) float64, their shapes and values checked."""
     wavelength, flux = as_float64(wavelength, "wavelength"), as_float64(flux, "flux")
     if flux.dim() == 1:
         flux = flux[None]
@@ -100,9 +100,7 @@ def _checked_inputs(wavelength, flux, ivar) -> tuple[torch.Tensor, torch.Tensor,
     if wavelength.dim() not in (1, 2) or wavelength.shape[-1] != flux.shape[1] or (wavelength.dim() == 2 and wavelength.shape[0] != flux.shape[0]):
         raise ValueError(f"wavelength must be [{flux.shape[1]}] or [{flux.shape[0]}, {flux.shape[1]}] to match flux "
                          f"{tuple(flux.shape)}, got {tuple(wavelength.shape)}")  # fmt: skip
-    if ivar is None:
-        ivar = torch.ones_like(flux)
-    else:
+    if ivar is not None:
         ivar = as_float64(ivar, "ivar")
         if ivar.shape != flux.shape:
             raise ValueError(f"ivar must have flux's shape {tuple(flux.shape)}, got {tuple(ivar.shape)}")
@@ -112,6 +110,31 @@ def _checked_inputs(wavelength, flux, ivar) -> tuple[torch.Tensor, torch.Tensor,
     if wavelength.dim() == 2 and bool((wavelength == wavelength[:1]).all()):
         wavelength = wavelength[0]  # one grid after all (e.g. a FITS table's per-row column): resample as a batch
     return wavelength, flux, ivar
+
+
+def unit_scale(flux: torch.Tensor, ivar: Optional[torch.Tensor]) -> tuple:
+    """(flux / s, ivar · s²) with s [B, 1] the largest |flux| of each spectrum's usable pixels: the answer does not
+    depend on the flux scale, and fluxes near the float64 limits integrate without overflow."""
+    usable = torch.isfinite(flux) & (True if ivar is None else ivar > 0)
+    scale = torch.where(usable, flux.abs(), 0.0).amax(dim=1, keepdim=True)
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+    return flux / scale, None if ivar is None else ivar * scale.square()
+
+
+def estimated_ivar(flux: torch.Tensor) -> torch.Tensor:
+    """[B, N] inverse variances for spectra given without ivar: one σ per spectrum from the robust scatter of
+    neighbouring pixels, σ = 1.4826 · MAD(f_k+1 - f_k) / √2 (lines and slopes move few differences; white noise
+    moves them all), so that ``snr`` and the P(z) calibration do not depend on the flux units. +inf where the
+    differences are all equal (a noiseless spectrum); 0 on non-finite flux."""
+    finite = torch.isfinite(flux)
+    steps = flux[:, 1:] - flux[:, :-1]
+    pairs = finite[:, 1:] & finite[:, :-1]
+    steps = torch.where(pairs, steps, math.nan)
+    centre = steps.nanmedian(dim=1, keepdim=True).values
+    mad = (steps - centre).abs().nanmedian(dim=1, keepdim=True).values
+    sigma = 1.4826 * mad / math.sqrt(2.0)
+    ivar = torch.where(sigma > 0, 1.0 / sigma.square(), math.inf).expand_as(flux)
+    return torch.where(finite, torch.nan_to_num(ivar, nan=0.0, posinf=math.inf), 0.0)
 
 
 def prepare_spectra(model: Model, wavelength, flux, ivar=None, *, air: bool = False, flux_unit: str = "flam",
@@ -127,8 +150,12 @@ def prepare_spectra(model: Model, wavelength, flux, ivar=None, *, air: bool = Fa
     wavelength, flux, ivar = _checked_inputs(wavelength, flux, ivar)
     if air:
         wavelength = air_to_vacuum(wavelength)
-    if flux_unit == "fnu":
+    if flux_unit == "fnu":  # f_λ ∝ f_ν / λ², so σ_λ ∝ σ_ν / λ² and ivar_λ ∝ ivar_ν · λ⁴
         flux = flux / wavelength.square()
+        ivar = None if ivar is None else ivar * wavelength.square().square()
+    flux, ivar = unit_scale(flux, ivar)
+    if ivar is None:
+        ivar = estimated_ivar(flux)
     out_edges = model.instrument.wave_edges
     valid = torch.isfinite(flux) & (ivar > 0)
     var = torch.where(valid, 1.0 / torch.where(valid, ivar, 1.0), 0.0)

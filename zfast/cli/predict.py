@@ -6,16 +6,19 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import zipfile
 from typing import Optional
 
 from ..checkpoint import load_ensemble, load_model
+from ..devices import pick_device
 from ..flags import MIN_VALID
 from ..io import predict_file
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zfast-predict", description="Redshifts of spectra in a file from a zfast-train checkpoint.",
+    parser = argparse.ArgumentParser(prog="zfast-predict", description="Redshifts of spectra in a file from a zfast-train checkpoint.", allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     parser.add_argument("--checkpoint", required=True, nargs="+",
                         help="a zfast-train checkpoint (best.pt) or ensemble file; several: an ensemble, their P(z) averaged (binned estimators on the same bins)")
@@ -35,18 +38,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RUNTIME_ERRORS = (ValueError, TypeError, KeyError, OSError, EOFError, ImportError, MemoryError, RuntimeError, zipfile.BadZipFile)
+
+
+class Terminated(BaseException):
+    """SIGTERM: unwinds like an exception, so the temporary output is removed on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv: Optional[list] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or not (0.0 <= args.min_valid <= 1.0):
-        raise SystemExit("zfast-predict: need --batch-size >= 1 and 0 <= --min-valid <= 1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not (0.0 <= args.min_valid <= 1.0):
+        parser.error(f"--min-valid must be within [0, 1], got {args.min_valid}")
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        device = None if args.device == "auto" else args.device
+        device = pick_device(args.device)
         model = load_model(args.checkpoint[0], device) if len(args.checkpoint) == 1 else load_ensemble(args.checkpoint, device)
         predict_file(model, args.input, args.output, pz=args.pz, air=args.air, flux_unit=args.flux_unit,
                      batch_size=args.batch_size, min_valid=args.min_valid, overwrite=args.overwrite,
                      templates=args.templates)  # fmt: skip
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, TypeError, KeyError) as error:
+    except RUNTIME_ERRORS as error:  # one line naming the file or option, exit status 1
         raise SystemExit(f"zfast-predict: {error}") from error
+    except Terminated:
+        print("zfast-predict: terminated; nothing written", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -19,12 +19,12 @@ from ..sed.recipe import WAVE_MAX, WAVE_MIN, BuildConfig
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="zfast-sed",
+        prog="zfast-sed", allow_abbrev=False,
         description="Build rest-frame SED libraries for zfast with bagpipes (GPL-3, optional: pip install 'zfast[sed]').",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     sub = commands.add_parser(
-        "build",
+        "build", allow_abbrev=False,
         help="evaluate N SEDs of the recipe and save them (.h5, .npz or .fits) with a provenance file",
         description="Evaluate N bagpipes SEDs (rest 3500-10600 Å vacuum, dlnλ = 1/2000, each ÷ its median) and save "
         "them with their parameters and EW(Hα+[NII]); <stem>.provenance.json is written beside the library.",

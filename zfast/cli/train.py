@@ -55,7 +55,7 @@ def _add_field(group, f: dataclasses.Field) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zfast-train", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="zfast-train", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     run_group = parser.add_argument_group(TITLES["run"])
     run_group.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (then --config, then options)")
@@ -76,15 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resume(run_dir: str):
-    record = checkpoints.read(Path(run_dir) / "last.pt")
+RESUME_OPTIONS = ("device",)  # the settings --resume may change: where it runs, not what it computes
+
+
+def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """(config, checkpoint) of the run in ``args.resume``, written into that folder wherever it was first run."""
+    given = [f.name for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None and f.name not in RESUME_OPTIONS]
+    given += [name for name in ("preset", "config") if getattr(args, name)]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        parser.error(f"--resume continues a run exactly as it was configured: drop {options} (or start a new run with them)")
+    run_dir = Path(args.resume)
+    record = checkpoints.read(run_dir / "last.pt")
     if not isinstance(record, RunCheckpoint):
-        raise ValueError(f"{run_dir}/last.pt: an ensemble file, not a run to resume")
-    return config_from_dict(record.config), record
+        raise ValueError(f"{run_dir / 'last.pt'}: an ensemble file, not a run to resume")
+    config = dataclasses.replace(config_from_dict(record.config), out=str(run_dir))
+    if args.device is not None:
+        config = dataclasses.replace(config, device=args.device)
+    return config, record
 
 
 def main(argv: Optional[list] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         if args.plots:
             plots_on_demand(Path(args.plots))
@@ -92,12 +106,12 @@ def main(argv: Optional[list] = None) -> int:
             build_ensemble(args.ensemble, Path(args.out or "runs/ensemble") / "ensemble.pt", args.device or "auto")
         else:
             if args.resume:
-                config, resume = _resume(args.resume)
+                config, resume = _resume(parser, args)
             else:
                 overrides = {name: getattr(args, name, None) for name in (f.name for f in dataclasses.fields(TrainConfig))}
                 config, resume = resolve_config(args.preset, args.config, overrides), None
             run(config, resume)
-    except (ValueError, FileNotFoundError, ImportError) as error:  # bad library, coverage, device: no traceback
+    except (ValueError, TypeError, OSError, ImportError, MemoryError) as error:  # bad settings, files, disk full, device
         raise SystemExit(f"zfast-train: {error}") from error
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,11 +16,20 @@ from .tables import TABLES, open_table
 
 
 def _checked_output(output_path, overwrite: bool, pz: bool, model: Model) -> Path:
+    """``output_path`` checked before any work: a known format, a folder that exists and can be written, and not
+    an existing file unless ``overwrite`` (never a folder)."""
     output_path = Path(output_path)
     if output_path.suffix.lower() not in TABLES:
         raise ValueError(f"{output_path}: unknown output format (use .csv or .fits)")
+    if output_path.is_dir():
+        raise IsADirectoryError(f"{output_path} is a folder; give the table's file name")
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists (--overwrite to replace it)")
+    folder = output_path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{output_path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{output_path}: the folder {folder} is not writable")
     if pz and model.estimator == "regression":
         raise ValueError("--pz: a regression model has no P(z)")
     return output_path
@@ -38,7 +48,7 @@ def predict_file(model: Model, input_path, output_path, *, pz: bool = False, air
     done, flagged, started = 0, 0, time.perf_counter()
     with SpectraFile(input_path) as source:
         check_coverage(model, source.wavelength(), min_valid, air)
-        with atomic_path(output_path) as temporary:
+        with atomic_path(output_path, make_parents=False, exclusive=not overwrite) as temporary:
             table = open_table(temporary, output_path.suffix.lower(), pz, columns)
             try:
                 for ids, wave, flux, ivar in source.chunks(batch_size):

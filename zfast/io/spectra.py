@@ -10,6 +10,7 @@ are refused, they would run code from the file), HDF5 datasets sliced, FITS memo
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -26,13 +27,20 @@ class SpectraFile:
         suffix = self.path.suffix.lower()
         self._close = lambda: None
         if suffix == ".npz":
-            self._open_npz()
+            opener = self._open_npz
         elif suffix in (".h5", ".hdf5"):
-            self._open_hdf5()
+            opener = self._open_hdf5
         elif suffix in (".fits", ".fit", ".fts") or self.path.name.lower().endswith(".fits.gz"):
-            self._open_fits()
+            opener = self._open_fits
         else:
             raise ValueError(f"{self.path}: unknown input format (use .npz, .h5/.hdf5 or .fits)")
+        try:
+            opener()
+        except ImportError:
+            raise
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:  # empty, truncated, not this format
+            self.close()
+            raise ValueError(f"{self.path}: not a readable {suffix} spectra file ({type(error).__name__}: {error})") from error
         self._validate()
 
     # Each opener sets self.columns: name -> an object with .shape and [rows] slicing (or a full array).

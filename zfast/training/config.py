@@ -103,27 +103,73 @@ NOISES = ("none", "white", "euclid")
 AMP = ("auto", "bf16", "off")
 
 
-def check_config(c: TrainConfig) -> None:
-    """ValueError listing every setting of ``c`` that is out of range."""
+def _type_problems(c: TrainConfig) -> list:
+    """Fields whose value is not of the field's type (bool for flags, int for counts, a finite number for reals)."""
     problems = []
+    for f in dataclasses.fields(TrainConfig):
+        value, default = getattr(c, f.name), f.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            problems.append(f"{f.name} must be {'a finite number' if isinstance(default, float) else type(default).__name__}, got {value!r}")
+    return problems
+
+
+RANGES = {  # field: (lowest, highest, whether the ends are allowed)
+    "outside_prob": (0.0, 1.0, (True, False)),
+    "outside_weight": (0.0, math.inf, (True, False)),
+    "schedule_fraction": (0.0, 1.0, (False, True)),
+    "snr_min": (0.0, math.inf, (False, False)),
+    "label_sigma_bins": (0.0, math.inf, (False, False)),
+    "label_start_factor": (1.0, math.inf, (True, False)),
+    "lambda_js": (0.0, math.inf, (True, False)),
+    "lambda_ent": (0.0, math.inf, (True, False)),
+    "lr": (0.0, math.inf, (False, False)),
+    "weight_decay": (0.0, math.inf, (True, False)),
+    "min_line_snr": (0.0, 1e6, (True, True)),
+    "mask_prob": (0.0, 1.0, (True, True)),
+}
+
+
+def _range_problems(c: TrainConfig) -> list:
+    problems = []
+    for name, (lo, hi, (lo_ok, hi_ok)) in RANGES.items():
+        v = getattr(c, name)
+        if not ((v > lo or (lo_ok and v == lo)) and (v < hi or (hi_ok and v == hi))):
+            problems.append(f"{name} must be in {'[' if lo_ok else '('}{lo:g}, {hi:g}{']' if hi_ok else ')'}, got {v!r}")
+    return problems
+
+
+def check_config(c: TrainConfig) -> None:
+    """ValueError listing every setting of ``c`` that is of the wrong type or out of range, before any work."""
+    problems = _type_problems(c)
+    if problems:
+        raise ValueError("bad configuration: " + "; ".join(problems))
     if c.estimator not in ESTIMATORS:
         problems.append(f"estimator {c.estimator!r} ({', '.join(ESTIMATORS)})")
     if c.noise not in NOISES:
         problems.append(f"noise {c.noise!r} ({', '.join(NOISES)})")
     problems += [f"{name} must be >= 1" for name in ("steps", "batch_size", "eval_every", "n_val", "n_test", "n_bins") if getattr(c, name) < 1]
     problems += [f"{name} must be >= 0" for name in ("train_seds", "n_calibration") if getattr(c, name) < 0]
-    if not (math.isfinite(c.lambda_ce) and c.lambda_ce >= 0):
+    problems += _range_problems(c)
+    if c.lambda_ce < 0:
         problems.append("lambda_ce must be >= 0")
-    if not (math.isfinite(c.weak_line_weight) and c.weak_line_weight > 0):
+    if c.weak_line_weight <= 0:
         problems.append("weak_line_weight must be > 0")
-    if not (0.0 <= c.mask_prob <= 1.0) or c.max_gap < 1:
-        problems.append("need 0 <= mask_prob <= 1 and max_gap >= 1")
+    if c.max_gap < 1:
+        problems.append("max_gap must be >= 1")
+    if c.snr_max < c.snr_min:
+        problems.append("need snr_min <= snr_max")
     try:
         Perturbations(c.bad_pixel_prob, c.bad_pixel_max, c.distortion, c.noise_variation)
     except ValueError as error:
         problems.append(str(error))
-    if not (math.isfinite(c.min_line_snr) and c.min_line_snr >= 0):
-        problems.append("min_line_snr must be >= 0")
     if not (0 <= c.z_min < c.z_max):
         problems.append("need 0 <= z_min < z_max")
     if c.amp not in AMP:
