@@ -197,3 +197,45 @@ def test_cli_errors_are_one_line_naming_the_culprit(untrained, tmp_path, capsys)
                               str(tmp_path / "z.csv"), "--device", device])  # fmt: skip
     fails(["--input", str(tmp_path / "ok.npz"), "--output", str(tmp_path / "z.csv"), "--batch-size", "0"], "2", code=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.npz", "folder.csv", "notzip.npz", "ok.npz", "truncated.npz"]
+
+
+# --- 5 and 13: damaged checkpoints are refused, naming the file -----------------------------------------------
+def test_damaged_checkpoints_are_refused(untrained, tmp_path):
+    data = bytearray(untrained.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(b ^ 0xFF for b in data[middle:middle + 4096])
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"flipped\.pt: damaged \(CRC mismatch"):
+        zfast.load_model(tmp_path / "flipped.pt", "cpu")
+    record = checkpoint.read(untrained)
+    cases = {
+        "huge": lambda r: next(iter(r.model.values())).view(-1)[:64].fill_(1e30),
+        "nan": lambda r: next(iter(r.model.values())).view(-1)[:1].fill_(float("nan")),
+        "no_estimator": lambda r: r.config.pop("estimator"),
+        "string_bins": lambda r: r.config.update(n_bins="80"),
+    }
+    messages = {"huge": "reaches 1e\\+30", "nan": "not finite", "no_estimator": "has no 'estimator'", "string_bins": "'n_bins' is '80'"}
+    for name, damage in cases.items():
+        broken = checkpoint.read(untrained)
+        damage(broken)
+        checkpoint.save(tmp_path / f"{name}.pt", broken)
+        with pytest.raises(ValueError, match=rf"{name}\.pt: .*{messages[name]}"):
+            zfast.load_model(tmp_path / f"{name}.pt", "cpu")
+    assert record.step == 0  # the fixture itself untouched
+
+
+# --- 12: input files get the API's dtype checks -----------------------------------------------------------------
+def test_input_files_with_wrong_dtypes_are_refused(untrained, tmp_path):
+    model = zfast.load_model(untrained, "cpu")
+    wave = model.instrument.wavelength.numpy()
+    flux = np.ones((3, wave.size))
+    for name, arrays, message in [
+        ("complex", dict(wavelength=wave, flux=flux + 1j), "flux must be real numbers, got complex"),
+        ("bool", dict(wavelength=wave, flux=flux > 0), "flux must be real numbers, got bool"),
+        ("strings", dict(wavelength=wave, flux=flux.astype(str)), "flux must be real numbers"),
+        ("id2d", dict(wavelength=wave, flux=flux, id=np.arange(6).reshape(3, 2)), r"id must be one value per spectrum"),
+    ]:
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(ValueError, match=rf"{name}\.npz: {message}"):
+            predict_file(model, tmp_path / f"{name}.npz", tmp_path / "z.csv")
+    assert not (tmp_path / "z.csv").exists()

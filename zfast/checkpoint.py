@@ -126,10 +126,47 @@ def read(path: PathLike) -> Union[RunCheckpoint, EnsembleCheckpoint]:
         raise ValueError(f"{path}: not a readable zfast checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(record, dict):
         raise ValueError(f"{path}: not a zfast checkpoint (a {type(record).__name__}, not a dict)")
+    check_integrity(path)
     try:
-        return from_dict(record, path)
+        checkpoint = from_dict(record, path)
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path}: a damaged zfast checkpoint ({type(error).__name__}: {error}); retrain with zfast-train") from error
+    for run in checkpoint.members if isinstance(checkpoint, EnsembleCheckpoint) else [checkpoint]:
+        check_run(run, path)
+    return checkpoint
+
+
+MAX_WEIGHT = 1e12  # |weight| above this is no trained network's: damage, or a diverged run
+CONFIG_TYPES = {"instrument": str, "model": str, "estimator": str, "n_bins": int, "z_min": (int, float), "z_max": (int, float)}
+
+
+def check_integrity(path: Path) -> None:
+    """ValueError naming ``path`` when a member of its zip archive fails its CRC (torch.load does not check)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path}: not a readable zfast checkpoint ({type(error).__name__}: {error})") from error
+    if bad is not None:
+        raise ValueError(f"{path}: damaged (CRC mismatch in {bad}); use another copy or retrain with zfast-train")
+
+
+def check_run(run: "RunCheckpoint", path) -> None:
+    """ValueError naming ``path``: a config without the keys (and types) a network is built from, or weights
+    that are not finite or absurdly large."""
+    for key, kind in CONFIG_TYPES.items():
+        if key not in run.config:
+            raise ValueError(f"{path}: the checkpoint's config has no {key!r}; not a zfast-train checkpoint")
+        if isinstance(run.config[key], bool) or not isinstance(run.config[key], kind):
+            raise ValueError(f"{path}: the checkpoint's config {key!r} is {run.config[key]!r}, not a {kind}")
+    for name, tensor in run.model.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{path}: weight {name} is not finite (a diverged run, or a damaged file)")
+            if tensor.numel() and float(tensor.abs().max()) > MAX_WEIGHT:
+                raise ValueError(f"{path}: weight {name} reaches {float(tensor.abs().max()):.3g} (a damaged file?)")
 
 
 def from_dict(record: dict, path: PathLike = "<checkpoint>") -> Union[RunCheckpoint, EnsembleCheckpoint]:

@@ -90,6 +90,14 @@ class SpectraFile:
             self.close()
             raise ValueError(f"{self.path}: missing {missing}; found {sorted(self.columns) or 'nothing'} "
                              "(need wavelength [M] and flux [N, M]; optional ivar [N, M], id [N])")  # fmt: skip
+        for name in ("wavelength", "flux", "ivar"):
+            kind = np.dtype(self.columns[name].dtype).kind if name in self.columns else "f"
+            if kind not in "fiu":  # complex, bool, strings and objects are not fluxes
+                self.close()
+                raise ValueError(f"{self.path}: {name} must be real numbers, got {np.dtype(self.columns[name].dtype)}")
+        if "id" in self.columns and len(tuple(self.columns["id"].shape)) != 1:
+            self.close()
+            raise ValueError(f"{self.path}: id must be one value per spectrum [N], got shape {tuple(self.columns['id'].shape)}")
         flux_shape = tuple(self.columns["flux"].shape)
         wave_shape = tuple(self.columns["wavelength"].shape)
         problem = None
