@@ -239,3 +239,16 @@ def test_input_files_with_wrong_dtypes_are_refused(untrained, tmp_path):
         with pytest.raises(ValueError, match=rf"{name}\.npz: {message}"):
             predict_file(model, tmp_path / f"{name}.npz", tmp_path / "z.csv")
     assert not (tmp_path / "z.csv").exists()
+
+
+# --- 15: rebin of fluxes near the float64 limit ----------------------------------------------------------------
+def test_rebin_of_huge_finite_flux_stays_finite_and_exact(generator):
+    wave_in = torch.linspace(1000.0, 2000.0, 97, dtype=torch.float64)
+    wave_out = torch.linspace(1100.0, 1900.0, 31, dtype=torch.float64)
+    flux = torch.rand(4, 97, generator=generator, dtype=torch.float64) + 0.1
+    plain = zfast.rebin(flux, wave_in, wave_out)
+    for factor in (2.0**1000, 1e306, 1.7e308 / 1.1):
+        big = zfast.rebin(flux * factor, wave_in, wave_out)
+        assert bool(torch.isfinite(big).all()), factor
+        torch.testing.assert_close(big / factor, plain, rtol=1e-12, atol=0)
+    assert torch.equal(zfast.rebin(flux * 2.0**600, wave_in, wave_out), plain * 2.0**600)  # powers of two: exact

@@ -56,9 +56,15 @@ def covered_bins(edges_in: torch.Tensor, edges_out: torch.Tensor) -> torch.Tenso
 
 
 def rebin_edges_reference(flux: torch.Tensor, edges_in: torch.Tensor, edges_out: torch.Tensor, fill: float) -> torch.Tensor:
-    """The pure-PyTorch resampling on explicit pixel edges (float64 maths, output in ``flux.dtype``)."""
-    integral = cumulative_at(flux.to(torch.float64), edges_in, edges_out)
-    mean = (integral[..., 1:] - integral[..., :-1]) / (edges_out[1:] - edges_out[:-1])
+    """The pure-PyTorch resampling on explicit pixel edges (float64 maths, output in ``flux.dtype``). Each spectrum
+    is integrated divided by a power of two near its largest |flux| (exact: the result is unchanged) so that the
+    cumulative sum of fluxes near the float64 limit does not overflow."""
+    flux64 = flux.to(torch.float64)
+    peak = flux64.abs().amax(dim=-1, keepdim=True) if flux64.numel() else torch.ones(flux64.shape[:-1] + (1,), dtype=torch.float64)
+    peak = torch.where(torch.isfinite(peak) & (peak > 0), peak, torch.ones_like(peak))
+    scale = torch.ldexp(torch.ones_like(peak), torch.frexp(peak).exponent - 1)  # <= the peak: finite, |flux / scale| < 2
+    integral = cumulative_at(flux64 / scale, edges_in, edges_out)
+    mean = (integral[..., 1:] - integral[..., :-1]) / (edges_out[1:] - edges_out[:-1]) * scale
     mean = torch.where(covered_bins(edges_in, edges_out), mean, torch.full_like(mean, fill))
     return mean.to(flux.dtype)
 
