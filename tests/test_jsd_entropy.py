@@ -176,6 +176,59 @@ def test_extreme_logits_and_underflowing_p_where_q_is_positive(generator, dtype)
     assert_matches_reference(loss, grad, logits, target)
 
 
+def one_hot_loss(target, winner, lambda_js=0.85):
+    """Analytic loss when P is one-hot at `winner` (H = 0): λ_js JS(δ_k, Q) with M_k = (1 + Q_k)/2 and
+    M_c = Q_c/2 elsewhere, in float64 numpy: independent of the kernels and of the torch reference."""
+    q = target.double().numpy()
+    k = winner.numpy()
+    rows = np.arange(len(q))
+    q_k = q[rows, k]
+    others = q.copy()
+    others[rows, k] = 0.0
+    q_terms = others.sum(axis=1) * np.log(2.0)  # Q_c ln(Q_c / (Q_c/2)) for c != k
+    m_k = 0.5 * (1.0 + q_k)
+    q_k_term = q_k * np.log(np.maximum(q_k, 1e-300) / m_k)  # 0 where Q_k = 0
+    js = 0.5 * np.log(1.0 / m_k) + 0.5 * (q_terms + q_k_term)
+    return torch.from_numpy(lambda_js * js)
+
+
+EXTREME_SCALES = [(torch.float32, s) for s in (1e19, 1e25, 1e30, 1e37, 3e38)] + [
+    (torch.float64, s) for s in (1e250, 1e300, 1e306, 1.7e308)
+]
+
+
+@pytest.mark.parametrize("dtype, scale", EXTREME_SCALES)
+@pytest.mark.parametrize("backend", ["kernel", "op", "torch"])
+def test_huge_finite_logits_give_the_true_loss(generator, monkeypatch, dtype, scale, backend):
+    """A diverging run's logits (|x| from 1e19 up to the dtype's limit, where x_c - max x overflows) must give
+    the true loss: P is one-hot at the largest logit, so the loss is the analytic λ_js JS(δ_k, Q) >= 0, and the
+    gradient is 0 (P(1 - P) = 0 everywhere). The CPU kernel once gave -78 at 1e25 and -8e6 at 1e30."""
+    batch, n_classes = 24, 803
+    limit = torch.finfo(dtype).max
+    half = 0.5 * limit
+    logits = (torch.randn(batch, n_classes, dtype=torch.float64, generator=generator) * scale).clamp(-half, half)
+    winner = torch.randint(0, n_classes, (batch,), generator=generator)
+    logits[torch.arange(batch), winner] = limit  # a unique winner, far above the rest
+    logits[:4, :2] = -limit  # x_c - max x = -2 * limit: -inf unless floored
+    logits = logits.to(dtype)
+    target = random_target(generator, batch, n_classes, kind="soft", dtype=dtype)
+    target[12:] = random_target(generator, batch - 12, n_classes, kind="box", dtype=dtype)
+    expected = one_hot_loss(target, winner)
+    if backend == "kernel":
+        loss, grad, _ = run_cpu_kernel(logits, target)
+    else:
+        if backend == "torch":
+            monkeypatch.setattr(jsd_module._native, "native_backend", lambda device: None)
+        x = logits.clone().requires_grad_()
+        loss = zfast.jsd_entropy(x, target, reduction="none")
+        loss.sum().backward()
+        loss, grad = loss.detach(), x.grad
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    tolerance = 2e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(loss.double(), expected, rtol=0, atol=tolerance)
+    assert grad.abs().max().item() <= tolerance
+
+
 def test_tiny_positive_targets_stay_finite(generator):
     """Q_c = 1e-40 (a float32 subnormal) where P_c underflows: M_c = Q_c/2 is subnormal, ln M_c must be finite."""
     logits = torch.tensor([[0.0, 500.0, -500.0, 3.0]]).repeat(4, 1)

@@ -21,9 +21,12 @@
 //   - softmax through a max-subtracted log-sum-exp: m = max x, s = sum exp(x - m),
 //     ln P_c = (x_c - m) - ln s. ln P is never the log of a P that may have underflowed; x_c - m is exact for
 //     the large logits that matter, so |x| ~ 1e4 loses nothing to the subtraction of a big m + ln s.
+//     x_c - m is floored far below any exp underflow (shifted_logit), so it is finite even for logits near
+//     the type's limit, and a P_c that underflows is exactly 0: a diverging run (|x| ~ 1e19 to 3e38) sees
+//     the true loss, never a large negative one from tiny P_c times huge ln P_c.
 //   - Q_c > 0: M_c >= Q_c/2 > 0, so ln M_c is finite even when P_c underflows to 0 (that P_c then
 //     contributes P_c ln(P_c/M_c) = 0 x finite = 0 and P_c (g_c - ...) = 0). On the CPU exp's argument is
-//     floored (jsd_entropy_cpu.cpp), so such a P_c is ~1e-27/s instead of 0: a change below 1e-22.
+//     floored for speed (jsd_entropy_cpu.cpp) and P_c set to exactly 0 below the floor, as the GPU's exp gives.
 //   - Q_c = 0: M_c = P_c/2, so ln(P_c/M_c) = ln 2 exactly (an explicit select), and Q_c ln(Q_c/M_c) = 0
 //     (Q_c times a finite log: logs are only taken of values clamped to the smallest normal number, so
 //     0 log 0 and the log of an underflowed P are never formed).
@@ -100,6 +103,20 @@ ZFAST_HD uint64_t magnitude_bits(double v) {
 }
 ZFAST_HD bool is_nonfinite_magnitude(uint32_t magnitude) { return magnitude >= 0x7f800000u; }
 ZFAST_HD bool is_nonfinite_magnitude(uint64_t magnitude) { return magnitude >= 0x7ff0000000000000ull; }
+
+// x_c - m, floored at -1e30 (float) or -1e300 (double). Both launchers form ln P_c from it. Unfloored, the
+// difference of two finite logits near the type's limit is -inf, and P_c ln P_c = 0 x -inf is NaN; floored,
+// ln P_c stays finite (and so does g_c for any lambda below ~1e8), while P_c = exp(ln P_c) is exactly 0 there.
+template <typename T>
+constexpr T kShiftFloor = T(-1e30);
+template <>
+constexpr double kShiftFloor<double> = -1e300;
+
+template <typename T>
+ZFAST_HD T shifted_logit(T x, T m) {
+  const T shifted = x - m;
+  return shifted > kShiftFloor<T> ? shifted : kShiftFloor<T>;
+}
 
 // The three per-class quantities the row needs, given ln P_c, P_c and Q_c.
 template <typename T>

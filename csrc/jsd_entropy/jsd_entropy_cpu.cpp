@@ -10,8 +10,8 @@
 //   4. grad_c = grad_scale P_c (g_c - sum P g).
 // The exp and the logs bound the loop. In float the logs are inlined (cpu_logf below: 3.7 -> 3.0 ms for a
 // dense target at B = 4096, C = 800); exp, and the logs in double, vectorise only through glibc's libmvec,
-// which GCC calls when __FAST_MATH__ is defined (CMakeLists.txt compiles this file with -O3 -ffast-math -fopenmp-simd; the simd
-// pragmas need no OpenMP runtime). The row function is compiled for AVX-512, AVX2 and baseline x86-64 with
+// which GCC calls when __FAST_MATH__ is defined (CMakeLists.txt compiles this file with -O3 -ffast-math
+// -fopenmp-simd; the simd pragmas need no OpenMP runtime). The row function is compiled for AVX-512, AVX2 and baseline x86-64 with
 // target_clones and picked at load time, so the wheel stays portable while the AVX2 and AVX-512 clones call
 // the 8- and 16-lane libmvec exp/log (libmvec's 16-lane logf: 0.33 ns per value against 0.45 ns with 8 lanes
 // on this machine's AMD EPYC). The next row's inputs are prefetched during pass 3. The batch is split over
@@ -42,14 +42,21 @@ constexpr int64_t kMinClassesPerThread = 1 << 15;
 
 // Floor of exp's argument x_c - m. Below about -87 (float) or -708 (double) the result is subnormal or 0, and
 // libmvec computes such lanes with its scalar fallback (measured 5.3 ns against 0.45 ns per value), while a
-// sharp softmax, which the entropy term favours, has many of them. exp(-60) = 9e-27 and exp(-650) = 5e-283
-// stay normal even after the division by s <= C, so P_c never becomes subnormal either; those classes get
-// that P_c instead of ~0, which moves the loss and the gradient by < 1e-22 in float (ln P_c itself is computed
-// from the unclamped x_c - m). The CUDA kernel needs no floor: the GPU's exp has no slow path.
+// sharp softmax, which the entropy term favours, has many of them. exp is evaluated at the floor, and P_c is
+// set to 0 below it (a select in pass 3, no dearer than the floor alone), so P_c is exactly 0 there, as on
+// the GPU. Keeping exp(-60)/s instead was wrong for huge logits: P_c ln P_c with ln P_c ~ -1e25 made the loss
+// -78. The classes dropped hold < 60 exp(-60) = 5e-25 each of the true loss (s keeps their < exp(-60)).
+// The CUDA kernel needs no floor: the GPU's exp has no slow path.
 template <typename T>
 constexpr T kExpArgumentFloor = T(-60);
 template <>
 constexpr double kExpArgumentFloor<double> = -650.0;
+
+// P_c from e_c = exp(max(x_c - m, floor)) and x_c - m: exactly 0 below the floor.
+template <typename T>
+ZFAST_ALWAYS_INLINE T probability(T e, T shifted, T inv_s) {
+  return shifted > kExpArgumentFloor<T> ? e * inv_s : T(0);
+}
 
 // Classes per chunk of pass 3 (a multiple of every clone's vector length).
 constexpr int64_t kTargetChunk = 64;
@@ -141,7 +148,7 @@ ZFAST_ALWAYS_INLINE void rows_body(const Params<T>& p, int64_t row_begin, int64_
     T s = T(0);
 #pragma omp simd reduction(+ : s)
     for (int64_t c = 0; c < n_classes; ++c) {
-      const T shifted = x[c] - m;
+      const T shifted = shifted_logit(x[c], m);
       const T e = exp_of(shifted > kExpArgumentFloor<T> ? shifted : kExpArgumentFloor<T>);
       scratch_row[c] = shifted;
       grad[c] = e;
@@ -180,7 +187,7 @@ ZFAST_ALWAYS_INLINE void rows_body(const Params<T>& p, int64_t row_begin, int64_
           // float: both logs inline (cpu_logf, no call), so one loop does the whole chunk without spills.
 #pragma omp simd reduction(+ : js, entropy, p_weighted_g)
           for (int64_t c = begin; c < end; ++c) {
-            const T prob = grad[c] * inv_s;
+            const T prob = probability(grad[c], scratch_row[c], inv_s);
             const T log_m = cpu_logf(log_m_argument(prob, q[c]));
             const T log_q = cpu_logf(log_q_argument(q[c]));
             const ClassTerms<T> terms = class_terms_from_logs(scratch_row[c] - log_s, prob, q[c], log_m, log_q,
@@ -203,7 +210,7 @@ ZFAST_ALWAYS_INLINE void rows_body(const Params<T>& p, int64_t row_begin, int64_
           T* __restrict__ scratch_chunk = scratch_row + begin;
 #pragma omp simd
           for (int64_t i = 0; i < n; ++i) {
-            log_m[i] = log_m_argument(grad_chunk[i] * inv_s, q_chunk[i]);
+            log_m[i] = log_m_argument(probability(grad_chunk[i], scratch_chunk[i], inv_s), q_chunk[i]);
             log_q[i] = log_q_argument(q_chunk[i]);
           }
 #pragma omp simd
@@ -212,7 +219,7 @@ ZFAST_ALWAYS_INLINE void rows_body(const Params<T>& p, int64_t row_begin, int64_
           for (int64_t i = 0; i < n; ++i) log_q[i] = log_of(log_q[i]);
 #pragma omp simd reduction(+ : js, entropy, p_weighted_g)
           for (int64_t i = 0; i < n; ++i) {
-            const T prob = grad_chunk[i] * inv_s;
+            const T prob = probability(grad_chunk[i], scratch_chunk[i], inv_s);
             const ClassTerms<T> terms = class_terms_from_logs(scratch_chunk[i] - log_s, prob, q_chunk[i], log_m[i],
                                                               log_q[i], lambda_js, lambda_ent);
             grad_chunk[i] = prob;
@@ -225,7 +232,7 @@ ZFAST_ALWAYS_INLINE void rows_body(const Params<T>& p, int64_t row_begin, int64_
       } else {
 #pragma omp simd reduction(+ : js, entropy, p_weighted_g)
         for (int64_t c = begin; c < end; ++c) {
-          const T prob = grad[c] * inv_s;
+          const T prob = probability(grad[c], scratch_row[c], inv_s);
           const ClassTerms<T> terms = class_terms_without_target(scratch_row[c] - log_s, prob, lambda_js, lambda_ent);
           grad[c] = prob;
           scratch_row[c] = terms.g;

@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) jsd_entropy_kernel(const Params<T> p
     }
 
     T s = T(0);
-    for (int64_t c = lane; c < n_classes; c += kGroup) s += exp_of(x[c] - m);
+    for (int64_t c = lane; c < n_classes; c += kGroup) s += exp_of(shifted_logit(x[c], m));
     s = group_reduce<kWarpsPerRow>(s, SumOp(), shared_t[0]);
     const T log_s = log_of(s);
 
@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kThreads) jsd_entropy_kernel(const Params<T> p
     T entropy = T(0);
     T p_weighted_g = T(0);
     for (int64_t c = lane; c < n_classes; c += kGroup) {
-      const T log_p = (x[c] - m) - log_s;
+      const T log_p = shifted_logit(x[c], m) - log_s;
       const T prob = exp_of(log_p);
       const ClassTerms<T> terms = class_terms(log_p, prob, q[c], lambda_js, lambda_ent);
       grad[c] = terms.g;
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) jsd_entropy_kernel(const Params<T> p
     p_weighted_g = group_reduce<kWarpsPerRow>(p_weighted_g, SumOp(), shared_t[2]);
 
     for (int64_t c = lane; c < n_classes; c += kGroup) {
-      grad[c] = p.grad_scale * logit_gradient(exp_of((x[c] - m) - log_s), grad[c], p_weighted_g);
+      grad[c] = p.grad_scale * logit_gradient(exp_of(shifted_logit(x[c], m) - log_s), grad[c], p_weighted_g);
     }
     if (lane == 0) p.loss[b] = row_loss(js, entropy, lambda_js, lambda_ent);
   }

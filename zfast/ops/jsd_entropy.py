@@ -64,6 +64,13 @@ def target_sum_tolerance(n_classes: int, target_dtype: torch.dtype, dtype: torch
     return TARGET_SUM_TOLERANCE + 2 * torch.finfo(target_dtype).eps + n_classes * torch.finfo(dtype).eps
 
 
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """ln P floored at -1e30 (float32) or -1e300 (float64), as the kernels floor x_c - max x: for logits near
+    the dtype's limit x_c - max x is -inf, and P ln P = 0·(-inf) would be NaN. P = exp(ln P) is 0 there anyway."""
+    floor = -1e300 if logits.dtype == torch.float64 else -1e30
+    return torch.log_softmax(logits, dim=-1).clamp_min(floor)
+
+
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return loss.mean()
@@ -91,7 +98,7 @@ def jsd_entropy_reference(
         the loss in float64 for float64 logits, float32 otherwise.
     """
     dtype = compute_dtype(logits.dtype)
-    log_p = torch.log_softmax(logits.to(dtype), dim=-1)
+    log_p = _log_softmax(logits.to(dtype))
     p = log_p.exp()
     q = target.to(dtype)
     has_q = q > 0
@@ -107,7 +114,7 @@ def jsd_entropy_reference(
 def _rows_reference(logits, target, lambda_js, lambda_ent):
     """(loss [B], ∂loss_b/∂logits [B, C]) with plain torch ops: the fallback without a native kernel."""
     loss = jsd_entropy_reference(logits, target, lambda_js, lambda_ent, reduction="none")
-    log_p = torch.log_softmax(logits, dim=-1)
+    log_p = _log_softmax(logits)
     p = log_p.exp()
     has_q = target > 0
     log_p_over_m = torch.where(has_q, log_p - torch.log(torch.where(has_q, 0.5 * (p + target), 1.0)), LN2)
