@@ -20,6 +20,7 @@ from zfast.calibration import SNR_EDGES
 from zfast.cli import predict as predict_cli
 from zfast.cli import train as train_cli
 from zfast.io import predict_file
+from zfast.training import loop
 from zfast.training.config import TrainConfig
 
 TINY = ["--steps", "4", "--eval-every", "2", "--n-val", "64", "--n-test", "64", "--batch-size", "16",
@@ -74,6 +75,53 @@ def test_resume_refuses_settings_it_would_ignore(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         train_cli.main(["--resume", str(tmp_path), "--steps", "400", "--lr", "0.1"])
     assert stop.value.code == 2 and "drop --steps, --lr" in capsys.readouterr().err
+
+
+# --- 9: resume leaves metrics.csv as an uninterrupted run writes it ---------------------------------------------
+class Crash(BaseException):
+    """A kill at a chosen point (not an Exception, so nothing on the way catches it)."""
+
+
+def test_resume_after_a_stop_between_validations_writes_the_same_metrics(tmp_path, monkeypatch):
+    """Stopped at step 2 of a 3-step validation interval: the first row after the resume averages all 3 steps."""
+    args = [*TINY, "--steps", "6", "--eval-every", "3"]
+    train_cli.main([*args, "--out", str(tmp_path / "straight")])
+    original = loop.training_loss
+
+    def loss_then_stop(c, output, z, edges, step, n_beyond=0):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(c, output, z, edges, step, n_beyond)
+
+    monkeypatch.setattr(loop, "training_loss", loss_then_stop)
+    train_cli.main([*args, "--out", str(tmp_path / "stopped")])
+    assert checkpoint.read(tmp_path / "stopped" / "last.pt").step == 2
+    monkeypatch.setattr(loop, "training_loss", original)
+    train_cli.main(["--resume", str(tmp_path / "stopped")])
+    straight = (tmp_path / "straight" / "metrics.csv").read_text()
+    assert (tmp_path / "stopped" / "metrics.csv").read_text() == straight and straight.count("\n") == 3
+
+
+def test_resume_after_a_kill_between_the_row_and_the_checkpoint_writes_each_row_once(tmp_path, monkeypatch):
+    args = [*TINY, "--steps", "6", "--eval-every", "2"]
+    train_cli.main([*args, "--out", str(tmp_path / "straight")])
+    original = loop.save_as
+
+    def save_then_crash(s, *names):
+        if s.step == 4:  # the row of step 4 is in metrics.csv; its checkpoint is never written
+            with open(s.out / "metrics.csv", "a") as stream:
+                stream.write("6,0.1,0.2")  # and a half-written line, as a kill mid-append leaves
+            raise Crash
+        original(s, *names)
+
+    monkeypatch.setattr(loop, "save_as", save_then_crash)
+    with pytest.raises(Crash):
+        train_cli.main([*args, "--out", str(tmp_path / "killed")])
+    assert checkpoint.read(tmp_path / "killed" / "last.pt").step == 2
+    monkeypatch.setattr(loop, "save_as", original)
+    train_cli.main(["--resume", str(tmp_path / "killed")])
+    straight = (tmp_path / "straight" / "metrics.csv").read_text()
+    assert (tmp_path / "killed" / "metrics.csv").read_text() == straight and straight.count("\n") == 4
 
 
 # --- 11: every setting checked for type and range before any work ---------------------------------------------

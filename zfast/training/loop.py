@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -126,6 +127,14 @@ class Session:
     scheduler: object
     step: int = 0
     best: float = math.inf
+    # The training loss summed over the steps since the last validation, and their count: part of the resume
+    # state, so the first metrics.csv row after a resume averages the whole interval, as without the stop.
+    loss_sum: Optional[torch.Tensor] = None
+    loss_steps: int = 0
+
+    def __post_init__(self):
+        if self.loss_sum is None:
+            self.loss_sum = torch.zeros((), device=self.device)
 
     @property
     def main_rank(self) -> bool:
@@ -173,13 +182,17 @@ def restore(s: Session, checkpoint: RunCheckpoint) -> None:
     if s.device.type == "cuda" and "cuda_rngs" in resume:
         torch.cuda.set_rng_state(resume["cuda_rngs"][s.rank], s.device)
     s.step, s.best = checkpoint.step, checkpoint.best
+    if "loss_sum" in resume:  # absent in checkpoints written before it was stored
+        s.loss_sum = resume["loss_sum"][s.rank].reshape(()).to(s.device)
+        s.loss_steps = int(resume["loss_steps"])
 
 
 def snapshot(s: Session) -> RunCheckpoint:
     """The run's checkpoint now (every rank must call it: the RNG states of all ranks are gathered)."""
     resume = dict(optimiser=s.optimiser.state_dict(), scheduler=s.scheduler.state_dict(),
                   augment_generators=gather_rows(s.train.state_dict()["generator"], s.world),
-                  torch_rngs=gather_rows(torch.get_rng_state(), s.world))  # fmt: skip
+                  torch_rngs=gather_rows(torch.get_rng_state(), s.world),
+                  loss_sum=gather_rows(s.loss_sum.detach().float().cpu(), s.world), loss_steps=s.loss_steps)  # fmt: skip
     if s.outside is not None:
         resume["outside_generators"] = gather_rows(s.outside.state_dict()["generator"], s.world)
     if s.device.type == "cuda":
@@ -194,6 +207,20 @@ def save_as(s: Session, *names: str) -> None:
             checkpoints.save(s.out / name, payload)
 
 
+def metrics_rows(path: Path, step: int) -> str:
+    """metrics.csv's text for a run at ``step``: the header and the complete rows of steps <= ``step`` (a row
+    appended after the checkpoint being resumed, by a run killed before that step's checkpoint, is done again;
+    a half-written line is dropped). ``step`` < 0: a new run, only the header."""
+    rows = [COLUMNS]
+    if step >= 0 and path.exists():
+        with open(path, newline="") as stream:
+            kept = [r for r in list(csv.reader(stream))[1:] if len(r) == len(COLUMNS) and r[0].isdigit()]
+        rows += [r for r in kept if int(r[0]) <= step]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue()
+
+
 def validate(s: Session, train_loss: float, interactive: bool) -> None:
     """A validation pass: a metrics.csv row and a log line, then last.pt (and best.pt on a new best σ_NMAD)."""
     c = s.c
@@ -206,7 +233,7 @@ def validate(s: Session, train_loss: float, interactive: bool) -> None:
            metrics["outlier_003"], metrics["outlier_01"], s.scheduler.get_last_lr()[0]]  # fmt: skip
     if s.main_rank:
         with open(s.out / "metrics.csv", "a", newline="") as stream:
-            csv.writer(stream).writerow(row)
+            csv.writer(stream, lineterminator="\n").writerow(row)
         line = "  ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in zip(COLUMNS, row))
         print(("\n" if interactive else "") + line, file=sys.stderr)
     if metrics["sigma_nmad"] < s.best:
@@ -227,7 +254,7 @@ def optimise(s: Session, stop: StopRequested) -> None:
     mixed_precision = c.amp == "bf16" or (c.amp == "auto" and s.device.type == "cuda")
     beyond = n_outside(c)
     interactive = s.main_rank and sys.stderr.isatty()
-    running_loss, seen, started = torch.zeros((), device=s.device), 0, time.perf_counter()
+    shown, started = 0, time.perf_counter()
     while s.step < c.steps and not any_rank(stop.requested, world):
         flux, _, z, _ = next(s.train)
         if s.outside is not None:
@@ -240,14 +267,17 @@ def optimise(s: Session, stop: StopRequested) -> None:
         s.optimiser.step()
         s.scheduler.step()
         s.step += 1
-        running_loss += loss.detach()  # no host sync per step
-        seen += 1
+        s.loss_sum += loss.detach()  # no host sync per step
+        s.loss_steps += 1
+        shown += 1
         if interactive and s.step % 10 == 0:
-            rate = seen * c.batch_size * world / (time.perf_counter() - started)
-            print(f"\rstep {s.step}/{c.steps}  loss {running_loss.item() / seen:.4f}  {rate:,.0f} spectra/s", end="", file=sys.stderr)
+            rate = shown * c.batch_size * world / (time.perf_counter() - started)
+            print(f"\rstep {s.step}/{c.steps}  loss {s.loss_sum.item() / s.loss_steps:.4f}  {rate:,.0f} spectra/s", end="", file=sys.stderr)
         if s.step % c.eval_every == 0 or s.step == c.steps:
-            validate(s, mean_over_ranks(running_loss, world).item() / seen, interactive)
-            running_loss, seen, started = torch.zeros((), device=s.device), 0, time.perf_counter()
+            train_loss = mean_over_ranks(s.loss_sum, world).item() / s.loss_steps
+            s.loss_sum, s.loss_steps = torch.zeros((), device=s.device), 0  # before validate's checkpoint
+            validate(s, train_loss, interactive)
+            shown, started = 0, time.perf_counter()
 
 
 def run_process(c: TrainConfig, resume: Optional[RunCheckpoint], device: torch.device, rank: int, world: int) -> dict:
@@ -256,8 +286,8 @@ def run_process(c: TrainConfig, resume: Optional[RunCheckpoint], device: torch.d
     if resume is not None:
         restore(s, resume)
     metrics_csv = s.out / "metrics.csv"
-    if s.main_rank and not metrics_csv.exists():
-        metrics_csv.write_text(",".join(COLUMNS) + "\n")
+    if s.main_rank:
+        write_text(metrics_csv, metrics_rows(metrics_csv, s.step if resume is not None else -1))
     stop = StopRequested()
     try:
         optimise(s, stop)
