@@ -247,6 +247,62 @@ def test_cli_errors_are_one_line_naming_the_culprit(untrained, tmp_path, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.npz", "folder.csv", "notzip.npz", "ok.npz", "truncated.npz"]
 
 
+def test_disk_full_during_training_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
+    def full_disk_save(payload, path):
+        with open(path, "wb") as stream:
+            stream.write(b"x" * 100_000)  # part of the checkpoint reached the disk
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk_save)
+    with pytest.raises(SystemExit) as stop:
+        train_cli.main([*TINY, "--out", str(tmp_path / "run")])
+    assert "No space left on device" in str(stop.value.code) and "\n" not in str(stop.value.code)
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".") or p.suffix == ".pt"]
+
+
+def test_truncated_fits_and_hdf5_pointing_outside_are_refused_naming_the_file(untrained, tmp_path):
+    fits = pytest.importorskip("astropy.io.fits")
+    h5py = pytest.importorskip("h5py")
+    wave = zfast.load_model(untrained, "cpu").instrument.wavelength.numpy()
+    flux = np.random.default_rng(1).random((50, wave.size)) + 1.0
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(wave, name="WAVELENGTH"), fits.ImageHDU(flux, name="FLUX")]).writeto(tmp_path / "ok.fits")
+    whole = (tmp_path / "ok.fits").read_bytes()
+    for cut in (len(whole) // 2, len(whole) - 3000):
+        (tmp_path / "cut.fits").write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match="cut.fits: .*truncated"):
+            predict_file(zfast.load_model(untrained, "cpu"), tmp_path / "cut.fits", tmp_path / "z.csv")
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(flux.tobytes())  # any local file a crafted HDF5 file could point at
+    with h5py.File(tmp_path / "other.h5", "w") as handle:
+        handle["flux"] = flux
+    with h5py.File(tmp_path / "external.h5", "w") as handle:
+        handle["wavelength"] = wave
+        handle.create_dataset("flux", shape=flux.shape, dtype="f8", external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+    with h5py.File(tmp_path / "link.h5", "w") as handle:
+        handle["wavelength"] = wave
+        handle["flux"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/flux")
+    for name, message in (("external.h5", "other files"), ("link.h5", "external link")):
+        with pytest.raises(ValueError, match=f"{name}: .*{message}"):
+            predict_file(zfast.load_model(untrained, "cpu"), tmp_path / name, tmp_path / "z.csv")
+    assert not (tmp_path / "z.csv").exists()
+
+
+# --- 14: sizes checked before allocating -----------------------------------------------------------------------
+def test_impossible_sizes_fail_at_once_before_allocating():
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    wave = torch.linspace(1000.0, 20000.0, 300, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"dln = 1e-11.*needs .* GB"):
+        zfast.SEDLibrary(wave, torch.rand(2, 300, dtype=torch.float64) + 0.1, dln=1e-11)
+    library = zfast.SEDLibrary.default()
+    batch = 10**11  # broadcast inputs: nothing may be copied before the output's size is checked
+    with pytest.raises(ValueError, match=r"output \[100000000000, 299\] float32 needs"):
+        library.redshift_resample(torch.zeros(1, dtype=torch.int64).expand(batch),
+                                  torch.ones(1, dtype=torch.float64).expand(batch), torch.linspace(12000.0, 19000.0, 300))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KB: well under 1 GB
+
+
 # --- 5 and 13: damaged checkpoints are refused, naming the file -----------------------------------------------
 def test_damaged_checkpoints_are_refused(untrained, tmp_path):
     data = bytearray(untrained.read_bytes())

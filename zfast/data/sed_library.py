@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..ops.checks import FLOAT_DTYPES, as_grid, check_finite, check_increasing
+from ..ops.memory import check_fits
 from ..ops.rebin import pixel_edges, rebin_edges_reference
 from ..ops.redshift_resample import coverage_z_range, redshift_resample
 from .huge_pages import on_huge_pages
@@ -83,6 +84,11 @@ class SEDLibrary:
             n_new = int(math.floor((ln_hi - ln_lo) / step * (1 - 1e-12)))
             if n_new < 2:
                 raise ValueError(f"dln = {step:.3g} leaves fewer than 2 pixels over the input's span")
+            # The rebinned flux, its cumulative integral and the rebinning's own temporaries: ~3 [S, n_new] float64
+            # arrays. Checked before any of them exists (a dln of 1e-9 asked for > 9 GB before failing).
+            check_fits(3 * 8 * flux64.shape[0] * (n_new + 1), wave.device,
+                       f"a rest grid of {n_new:,} pixels (dln = {step:.3g}) for {flux64.shape[0]} SEDs",
+                       "pass a larger dln")  # fmt: skip
             self.dln, self.ln_edge0 = step, ln_lo
             edges_new = self._edges_of(ln_lo, step, n_new, wave.device).clamp(edges_in[0], edges_in[-1])
             rest_flux = rebin_edges_reference(flux64, edges_in, edges_new, math.nan)

@@ -10,6 +10,7 @@ are refused, they would run code from the file), HDF5 datasets sliced, FITS memo
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterator, Union
@@ -41,6 +42,9 @@ class SpectraFile:
         except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:  # empty, truncated, not this format
             self.close()
             raise ValueError(f"{self.path}: not a readable {suffix} spectra file ({type(error).__name__}: {error})") from error
+        except TypeError as error:  # numpy's "buffer is too small for requested array": data cut short
+            self.close()
+            raise ValueError(f"{self.path}: not a readable {suffix} spectra file, truncated? ({error})") from error
         self._validate()
 
     # Each opener sets self.columns: name -> an object with .shape and [rows] slicing (or a full array).
@@ -61,15 +65,35 @@ class SpectraFile:
             raise ImportError("reading HDF5 needs h5py: pip install 'zfast[io]'") from error
         handle = h5py.File(self.path, "r")
         self._close = handle.close
-        self.columns = {name.lower(): handle[name] for name in handle if isinstance(handle[name], h5py.Dataset)}
+        self.columns = {}
+        for name in handle:
+            # A crafted file could make zfast read any local file as flux: external links, external raw storage
+            # and virtual datasets all point outside the file, so they are refused, not followed.
+            if isinstance(handle.get(name, getlink=True), h5py.ExternalLink):
+                raise ValueError(f"'{name}' is an external link to another file (not followed)")
+            item = handle[name]
+            if isinstance(item, h5py.Dataset):
+                if item.external or item.is_virtual:
+                    raise ValueError(f"'{name}' keeps its data in other files (external or virtual dataset; not read)")
+                self.columns[name.lower()] = item
 
     def _open_fits(self):
         try:
             from astropy.io import fits
         except ImportError as error:
             raise ImportError("reading FITS needs astropy: pip install 'zfast[io]'") from error
-        hdul = fits.open(self.path, memmap=True)
-        self._close = hdul.close
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(self.path, memmap=True)
+            self._close = hdul.close
+            self._fits_columns(hdul, fits)
+        truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
+        if truncated:  # astropy only warns, and memory-maps what is there
+            raise ValueError(f"the file is truncated ({truncated[0]})")
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+    def _fits_columns(self, hdul, fits):
         self.columns = {}
         for hdu in hdul:
             if isinstance(hdu, fits.BinTableHDU) and hdu.data is not None:

@@ -26,6 +26,7 @@ import torch
 
 from .. import _native
 from .checks import check_increasing
+from .memory import check_fits
 
 # An edge is covered when -tol <= t <= N + tol (t in rest pixels); must equal kCoverageTolerance in the header.
 COVERAGE_TOLERANCE = 1e-6
@@ -224,6 +225,9 @@ def _redshift_resample_op(
     _check_shapes(cumulative, sed_index, z, wave_edges)
     n_seds, n_rest = cumulative.shape[0], cumulative.shape[1] - 1
     batch, n_bins = z.shape[0], wave_edges.shape[0] - 1
+    # Before the copies below (a broadcast z of 1e9 rows would cost 16 GB of them): the output must fit.
+    check_fits(4 * batch * n_bins, cumulative.device, f"redshift_resample's output [{batch}, {n_bins}] float32",
+               "resample fewer spectra per call")  # fmt: skip
     sed_index = sed_index.to(torch.int64).contiguous()
     z = z.to(torch.float64).contiguous()
     grid = _grid(wave_edges, dln, check)
