@@ -287,6 +287,30 @@ def test_truncated_fits_and_hdf5_pointing_outside_are_refused_naming_the_file(un
     assert not (tmp_path / "z.csv").exists()
 
 
+def test_scalar_hdf5_flux_and_a_header_claiming_a_huge_shape_are_refused(untrained, tmp_path):
+    import io
+    import zipfile
+
+    h5py = pytest.importorskip("h5py")
+    wave = zfast.load_model(untrained, "cpu").instrument.wavelength.numpy()
+    with h5py.File(tmp_path / "scalar.h5", "w") as handle:
+        handle["wavelength"], handle["flux"] = wave, 3.0
+    raw = io.BytesIO()
+    np.save(raw, np.ones((3, wave.size)))
+    raw = raw.getvalue()
+    header_length = int.from_bytes(raw[8:10], "little")
+    header = f"{{'descr': '<f8', 'fortran_order': False, 'shape': (100000000000, {wave.size}), }}"
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("flux.npy", raw[:10] + (header.ljust(header_length - 1) + "\n").encode() + raw[10 + header_length:])
+        wave_bytes = io.BytesIO()
+        np.save(wave_bytes, wave)
+        archive.writestr("wavelength.npy", wave_bytes.getvalue())
+    for name, message in (("scalar.h5", r"flux must be \[N, M\].*got \(\)"), ("huge.npz", "header claims shape")):
+        with pytest.raises(SystemExit, match=f"{name}: .*{message}"):
+            predict_cli.main(["--checkpoint", str(untrained), "--input", str(tmp_path / name), "--output",
+                              str(tmp_path / "z.csv"), "--device", "cpu"])  # fmt: skip
+
+
 # --- 14: sizes checked before allocating -----------------------------------------------------------------------
 def test_impossible_sizes_fail_at_once_before_allocating():
     import resource

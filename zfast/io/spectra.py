@@ -9,6 +9,7 @@ are refused, they would run code from the file), HDF5 datasets sliced, FITS memo
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import zipfile
@@ -135,7 +136,7 @@ class SpectraFile:
             problem = f"id {tuple(self.columns['id'].shape)} does not match the {flux_shape[0]} spectra"
         if problem:
             self.close()
-            raise ValueError(f"{self.path}: {problem}" if flux_shape[0] else f"{self.path}: no spectra (empty flux)")
+            raise ValueError(f"{self.path}: no spectra (empty flux)" if flux_shape[:1] == (0,) else f"{self.path}: {problem}")
         self.n_spectra, self.n_pixels = flux_shape
         self.shared_grid = len(wave_shape) == 1
 
@@ -176,8 +177,16 @@ class NpyMember:
         with archive.open(name) as stream:
             self.version = np.lib.format.read_magic(stream)
             self.shape, self.fortran, self.dtype = self._read_header(stream)
+            header_bytes = stream.tell()
         if self.dtype.hasobject:
             raise ValueError(f"{name}: object arrays are not read (they would run code from the file)")
+        # The header's shape must match the bytes the member holds: a header claiming more (a crafted or cut
+        # file) is refused here, before any row is read or any memory is allocated for it.
+        claimed = header_bytes + math.prod(self.shape) * self.dtype.itemsize
+        stored = archive.getinfo(name).file_size
+        if claimed != stored:
+            raise ValueError(f"{name}: its header claims shape {self.shape} of {self.dtype} ({claimed:,} bytes) but "
+                             f"the archive holds {stored:,} bytes")  # fmt: skip
         self._stream, self._next_row = None, 0
 
     def __getitem__(self, rows: slice) -> np.ndarray:
