@@ -123,7 +123,8 @@ def read(path: PathLike) -> Union[RunCheckpoint, EnsembleCheckpoint]:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, truncated, not a checkpoint, or holds objects weights_only refuses
-        raise ValueError(f"{path}: not a readable zfast checkpoint ({type(error).__name__}: {error})") from error
+        first = (str(error).strip().splitlines() or [""])[0]  # torch.load's messages run to many lines: one for a CLI
+        raise ValueError(f"{path}: not a readable zfast checkpoint ({type(error).__name__}: {first})") from error
     if not isinstance(record, dict):
         raise ValueError(f"{path}: not a zfast checkpoint (a {type(record).__name__}, not a dict)")
     check_integrity(path)

@@ -7,7 +7,7 @@ spectrum in order. ``FLAGS`` is the table; ``zwarn`` packs the booleans into one
 | ----------------- | --- | -------------------------------------------------------------------------------- |
 | `flag_z_range`    | 0   | P(outside the trained range) > `OUTSIDE_THRESHOLD`, or z within `Z_RANGE_MARGIN` |
 |                   |     | of the range at either end (a galaxy just beyond the range lands on its end)     |
-| `flag_few_pixels` | 1   | fewer than `MIN_VALID` of the model's pixels are valid                            |
+| `flag_few_pixels` | 1   | fewer than `MIN_VALID` of the model's pixels are valid, or none is                |
 | `flag_ood`        | 2   | the OOD score (``zfast.ood``) is above the checkpoint's threshold                 |
 
 ``p_outside`` is the network's own "z outside the range" output, trained with spectra of the same SEDs at the
@@ -38,7 +38,7 @@ class Flag:
 
 FLAGS = (
     Flag("flag_z_range", 0, f"P(outside the trained range) > {OUTSIDE_THRESHOLD}, or z within {Z_RANGE_MARGIN:.1%} of the range at either end"),
-    Flag("flag_few_pixels", 1, "fewer than min_valid (default 50 %) of the model's pixels are valid"),
+    Flag("flag_few_pixels", 1, "fewer than min_valid (default 50 %) of the model's pixels are valid, or none is"),
     Flag("flag_ood", 2, "the out-of-distribution score is above the checkpoint's threshold"),
 )
 FLAG_NAMES = tuple(flag.name for flag in FLAGS)
@@ -55,8 +55,9 @@ def z_range_flag(z: torch.Tensor, p_outside: Optional[torch.Tensor], z_lo: float
 
 
 def few_pixels_flag(valid_fraction: torch.Tensor, min_valid: float = MIN_VALID) -> torch.Tensor:
-    """flag_few_pixels [B] bool: the share of valid model pixels is below ``min_valid``."""
-    return valid_fraction < min_valid
+    """flag_few_pixels [B] bool: the share of valid model pixels is below ``min_valid``, or none is valid (also with
+    ``min_valid`` 0: a spectrum without data has no SNR, and its z is the network's answer to nothing)."""
+    return (valid_fraction < min_valid) | ~(valid_fraction > 0)
 
 
 def ood_flag(score: torch.Tensor, threshold: Optional[float]) -> torch.Tensor:

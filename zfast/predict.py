@@ -59,8 +59,8 @@ def as_float64(values, name: str) -> torch.Tensor:
 
 def check_grid(wavelength: torch.Tensor) -> None:
     """ValueError unless ``wavelength`` [..., N] has N >= 2 finite, strictly increasing values."""
-    if wavelength.shape[-1] < 2:
-        raise ValueError(f"wavelength needs at least 2 pixels, got {wavelength.shape[-1]}")
+    if wavelength.dim() == 0 or wavelength.shape[-1] < 2:
+        raise ValueError(f"wavelength needs at least 2 pixels, got shape {tuple(wavelength.shape)}")
     if not bool(torch.isfinite(wavelength).all()):
         raise ValueError("wavelength has non-finite values")
     steps = wavelength[..., 1:] - wavelength[..., :-1]
@@ -90,22 +90,29 @@ def resample(flux: torch.Tensor, var: torch.Tensor, valid: torch.Tensor, wavelen
     return flux_out, ivar_out, good.double().mean(dim=1)
 
 
-def _checked_inputs(wavelength, flux, ivar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(wavelength [N] or [B, N], flux [B, N], ivar [B, N] or None) float64, their shapes and values checked."""
+def checked_shapes(wavelength, flux, ivar=None) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(wavelength [N] or [B, N], flux [B, N], ivar [B, N] or None) float64, their types and shapes checked; one
+    spectrum may come as flux [N] (and ivar [N])."""
     wavelength, flux = as_float64(wavelength, "wavelength"), as_float64(flux, "flux")
+    ivar = None if ivar is None else as_float64(ivar, "ivar")
     if flux.dim() == 1:
         flux = flux[None]
+        ivar = ivar[None] if ivar is not None and ivar.dim() == 1 else ivar
     if flux.dim() != 2:
         raise ValueError(f"flux must be [n_spectra, n_pixels], got shape {tuple(flux.shape)}")
     if wavelength.dim() not in (1, 2) or wavelength.shape[-1] != flux.shape[1] or (wavelength.dim() == 2 and wavelength.shape[0] != flux.shape[0]):
         raise ValueError(f"wavelength must be [{flux.shape[1]}] or [{flux.shape[0]}, {flux.shape[1]}] to match flux "
                          f"{tuple(flux.shape)}, got {tuple(wavelength.shape)}")  # fmt: skip
-    if ivar is not None:
-        ivar = as_float64(ivar, "ivar")
-        if ivar.shape != flux.shape:
-            raise ValueError(f"ivar must have flux's shape {tuple(flux.shape)}, got {tuple(ivar.shape)}")
-        if bool((ivar < 0).any()):
-            raise ValueError("ivar has negative values (inverse variances are >= 0; use 0 to mask a pixel)")
+    if ivar is not None and ivar.shape != flux.shape:
+        raise ValueError(f"ivar must have flux's shape {tuple(flux.shape)}, got {tuple(ivar.shape)}")
+    return wavelength, flux, ivar
+
+
+def _checked_inputs(wavelength, flux, ivar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(wavelength [N] or [B, N], flux [B, N], ivar [B, N] or None) float64, their shapes and values checked."""
+    wavelength, flux, ivar = checked_shapes(wavelength, flux, ivar)
+    if ivar is not None and bool((ivar < 0).any()):
+        raise ValueError("ivar has negative values (inverse variances are >= 0; use 0 to mask a pixel)")
     check_grid(wavelength)
     if wavelength.dim() == 2 and bool((wavelength == wavelength[:1]).all()):
         wavelength = wavelength[0]  # one grid after all (e.g. a FITS table's per-row column): resample as a batch
@@ -170,8 +177,19 @@ def prepare_spectra(model: Model, wavelength, flux, ivar=None, *, air: bool = Fa
     return prepared + (ivar_n,) if return_ivar else prepared
 
 
+def check_min_valid(min_valid) -> None:
+    """TypeError unless ``min_valid`` is a real number, ValueError unless it is within [0, 1] (NaN is not)."""
+    if isinstance(min_valid, bool) or not isinstance(min_valid, (int, float, np.integer, np.floating)):
+        raise TypeError(f"min_valid must be a number in [0, 1], got {min_valid!r}")
+    if not 0.0 <= float(min_valid) <= 1.0:
+        raise ValueError(f"min_valid must be within [0, 1] (a share of the model's pixels), got {min_valid}")
+
+
 def check_coverage(model: Model, wavelength, min_valid: float = MIN_VALID, air: bool = False) -> float:
-    """The share of the model's pixels inside the input grid's range; ValueError if below ``min_valid``."""
+    """The share of the model's pixels inside the input grid's range; ValueError if below ``min_valid`` (itself
+    checked: a number in [0, 1]). A pixel counts as inside when at least half of it lies within the grid's range,
+    the rule ``resample`` gives a valid pixel by (so the model's own pixels, even rounded to float32, are all in)."""
+    check_min_valid(min_valid)
     wavelength = as_float64(wavelength, "wavelength")
     check_grid(wavelength)
     if air:
@@ -179,7 +197,8 @@ def check_coverage(model: Model, wavelength, min_valid: float = MIN_VALID, air: 
     edges = model.instrument.wave_edges
     grid_edges = pixel_edges(wavelength if wavelength.dim() == 1 else wavelength[0])
     lo, hi = float(grid_edges[0]), float(grid_edges[-1])
-    inside = ((edges[:-1] >= lo) & (edges[1:] <= hi)).double().mean().item()
+    overlap = (edges[1:].clamp(max=hi) - edges[:-1].clamp(min=lo)).clamp_min(0.0)
+    inside = (overlap >= 0.5 * (edges[1:] - edges[:-1])).double().mean().item()
     if inside < min_valid:
         raise ValueError(f"the spectra cover {lo:.1f}-{hi:.1f} Å, only {100 * inside:.0f} % of the model's pixels "
                          f"({edges[0]:.1f}-{edges[-1]:.1f} Å, {model.instrument.name}); need >= {100 * min_valid:.0f} %"
@@ -370,14 +389,13 @@ def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux, ivar=
         asked; with ``templates`` the four TEMPLATE_COLUMNS. Rows stay in input order; none are dropped.
     """
     model = resolve_model(model, device)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    flux = as_float64(flux, "flux")
-    if flux.dim() == 1:
-        flux = flux[None]
-    if flux.dim() != 2 or flux.shape[0] == 0:
+    wavelength, flux, ivar = checked_shapes(wavelength, flux, ivar)  # before slicing them into batches
+    if flux.shape[0] == 0:
         raise ValueError(f"flux must be a non-empty [n_spectra, n_pixels] array, got shape {tuple(flux.shape)}")
-    wavelength = as_float64(wavelength, "wavelength")
     check_coverage(model, wavelength if wavelength.dim() == 1 else wavelength[0], min_valid, air)
     templates = load_templates(templates, model)
     parts = []

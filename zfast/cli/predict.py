@@ -15,6 +15,7 @@ from ..checkpoint import load_ensemble, load_model
 from ..devices import pick_device
 from ..flags import MIN_VALID
 from ..io import predict_file
+from . import one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +65,7 @@ def main(argv: Optional[list] = None) -> int:
                      batch_size=args.batch_size, min_valid=args.min_valid, overwrite=args.overwrite,
                      templates=args.templates)  # fmt: skip
     except RUNTIME_ERRORS as error:  # one line naming the file or option, exit status 1
-        raise SystemExit(f"zfast-predict: {error}") from error
+        raise SystemExit(one_line("zfast-predict", error)) from error
     except Terminated:
         print("zfast-predict: terminated; nothing written", file=sys.stderr)
         return 128 + signal.SIGTERM

@@ -15,6 +15,7 @@ import numpy as np
 from ..data.lines import WEAK_LINE_EW
 from ..sed.builder import build, provenance_path
 from ..sed.recipe import WAVE_MAX, WAVE_MIN, BuildConfig
+from . import one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     try:
         library = build(config, command=shlex.join(["zfast-sed", *argv]), progress=not args.quiet)
     except (ValueError, ImportError, OSError) as error:
-        raise SystemExit(f"zfast-sed: {error}") from error
+        raise SystemExit(one_line("zfast-sed", error)) from error
     ew = library.params["ew_halpha"]
     print(
         f"{config.out}: {library}; weak-line (EW(Hα+[NII]) < {WEAK_LINE_EW:g} Å) fraction "

@@ -22,6 +22,7 @@ from ..training.config import PRESETS, TrainConfig, config_from_dict, resolve_co
 from ..training.ensemble import build_ensemble
 from ..training.evaluation import plots_on_demand
 from ..training.loop import run
+from . import one_line
 
 # Every TrainConfig field in exactly one group of --help (tests/test_cli.py checks none is missing).
 GROUPS = {
@@ -112,7 +113,7 @@ def main(argv: Optional[list] = None) -> int:
                 config, resume = resolve_config(args.preset, args.config, overrides), None
             run(config, resume)
     except (ValueError, TypeError, OSError, ImportError, MemoryError) as error:  # bad settings, files, disk full, device
-        raise SystemExit(f"zfast-train: {error}") from error
+        raise SystemExit(one_line("zfast-train", error)) from error
     return 0
 
 

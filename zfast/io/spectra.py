@@ -11,12 +11,27 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import tokenize
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator, Union
 
 import numpy as np
+
+
+# What reading a damaged file raises: empty, truncated or not this format (OSError, EOFError, BadZipFile), a
+# corrupt deflate stream (zlib.error), a mangled .npy header (ValueError, SyntaxError, tokenize.TokenError), a
+# header naming no member (KeyError), data cut short (numpy's TypeError "buffer is too small").
+DAMAGED = (OSError, EOFError, ValueError, KeyError, TypeError, SyntaxError, zipfile.BadZipFile, zlib.error, tokenize.TokenError)
+
+
+def damaged_errors() -> tuple:
+    """DAMAGED, plus astropy's VerifyError (a broken FITS card) once astropy is imported (only then can it be raised)."""
+    verify = sys.modules.get("astropy.io.fits.verify")
+    return DAMAGED + ((verify.VerifyError,) if verify is not None else ())
 
 
 class SpectraFile:
@@ -40,13 +55,17 @@ class SpectraFile:
             opener()
         except ImportError:
             raise
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:  # empty, truncated, not this format
+        except damaged_errors() as error:
             self.close()
-            raise ValueError(f"{self.path}: not a readable {suffix} spectra file ({type(error).__name__}: {error})") from error
-        except TypeError as error:  # numpy's "buffer is too small for requested array": data cut short
-            self.close()
-            raise ValueError(f"{self.path}: not a readable {suffix} spectra file, truncated? ({error})") from error
+            raise self.damaged(error) from error
         self._validate()
+
+    def damaged(self, error: BaseException, where: str = "") -> ValueError:
+        """The one-line ValueError naming the file (and ``where`` in it) for an error of ``damaged_errors()``."""
+        message = (str(error).strip().splitlines() or [""])[0]
+        hint = ", truncated?" if isinstance(error, TypeError) else ""
+        return ValueError(f"{self.path}: not a readable {self.path.suffix.lower()} spectra file{where}{hint} "
+                          f"({type(error).__name__}: {message})")  # fmt: skip
 
     # Each opener sets self.columns: name -> an object with .shape and [rows] slicing (or a full array).
     def _open_npz(self):
@@ -152,7 +171,10 @@ class SpectraFile:
     def wavelength(self) -> np.ndarray:
         """The shared grid [M], or the first spectrum's grid."""
         column = self.columns["wavelength"]
-        return np.asarray(column[:] if self.shared_grid else column[0:1][0], dtype=np.float64)
+        try:
+            return np.asarray(column[:] if self.shared_grid else column[0:1][0], dtype=np.float64)
+        except damaged_errors() as error:
+            raise self.damaged(error, " (wavelength)") from error
 
     def chunks(self, size: int) -> Iterator[tuple]:
         """(ids [n], wavelength [M] or [n, M], flux [n, M], ivar [n, M] or None) for consecutive rows."""
@@ -163,10 +185,14 @@ class SpectraFile:
             def rows(name):
                 return np.asarray(self.columns[name][start:stop])
 
-            ids = rows("id") if "id" in self.columns else np.arange(start, stop)
-            wave = shared if shared is not None else rows("wavelength").astype(np.float64)
-            ivar = rows("ivar").astype(np.float64) if "ivar" in self.columns else None
-            yield ids, wave, rows("flux").astype(np.float64), ivar
+            try:  # damage found only when the rows are read (a corrupt deflate stream, a cut member)
+                ids = rows("id") if "id" in self.columns else np.arange(start, stop)
+                wave = shared if shared is not None else rows("wavelength").astype(np.float64)
+                ivar = rows("ivar").astype(np.float64) if "ivar" in self.columns else None
+                flux = rows("flux").astype(np.float64)
+            except damaged_errors() as error:
+                raise self.damaged(error, f" (rows {start}-{stop - 1})") from error
+            yield ids, wave, flux, ivar
 
 
 class NpyMember:

@@ -53,6 +53,15 @@ def check_increasing(grid: torch.Tensor, name: str, *, min_length: int = 2, posi
         raise ValueError(f"{name} must be positive (wavelengths in Å), got minimum {minimum:.6g}")
 
 
+def check_edges(edges: torch.Tensor, name: str) -> None:
+    """Raise unless the pixel edges made from the centres ``name`` are finite with finite, positive widths (centres
+    a float64 limit apart, or so close that neighbouring midpoints round together, are not pixels)."""
+    widths = edges[1:] - edges[:-1]
+    if not bool(torch.isfinite(edges).all() & torch.isfinite(widths).all() & (widths > 0).all()):
+        raise ValueError(f"{name}: its pixel edges (midpoints between centres, the outer two mirrored) are not finite and "
+                         "strictly increasing: centres a float64 limit apart, or too close to each other")  # fmt: skip
+
+
 def check_finite(tensor: torch.Tensor, name: str) -> None:
     """Raise naming the first rows (leading index) that hold NaN or inf."""
     bad = ~torch.isfinite(tensor)

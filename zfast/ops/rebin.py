@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .checks import FLOAT_DTYPES, as_grid, check_finite, check_increasing
+from .checks import FLOAT_DTYPES, as_grid, check_edges, check_finite, check_increasing
 
 
 def pixel_edges(centres: torch.Tensor) -> torch.Tensor:
@@ -33,15 +33,31 @@ def pixel_edges(centres: torch.Tensor) -> torch.Tensor:
     return torch.cat([first, inner, last])
 
 
+def scaled_edges(wave_in: torch.Tensor, wave_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel edges of both grids, times one power of two that brings their largest |centre| near 1. Exact, and
+    the resampling (a ratio of lengths) does not change; but centres near the float64 limit no longer overflow their
+    mirrored edges, nor do subnormal centres lose their digits (or overflow 1/width in the gradient)."""
+    peak = torch.maximum(wave_in.abs().max(), wave_out.abs().max())
+    peak = torch.where(torch.isfinite(peak) & (peak > 0), peak, torch.ones_like(peak))
+    exponent = -torch.frexp(peak).exponent.to(torch.float64)
+    half = torch.exp2(torch.floor(exponent / 2))  # in two steps: 2**1074 itself overflows
+    rest = torch.exp2(exponent - torch.floor(exponent / 2))
+    return pixel_edges(wave_in * half * rest), pixel_edges(wave_out * half * rest)
+
+
 def cumulative_at(values: torch.Tensor, edges: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """∫_{edges[0]}^{q} v dλ for piecewise-constant ``values`` [..., N] on ``edges`` [N+1], at ``query`` [Q].
 
     Queries below the first edge give 0 and above the last the total (v is 0 outside). float64 in and out.
     """
+    return cumulative_of_integrals(values * (edges[1:] - edges[:-1]), edges, query)
+
+
+def cumulative_of_integrals(integrals: torch.Tensor, edges: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """``cumulative_at`` from the integrals [..., N] over the pixels rather than the values (no division by the
+    widths where those are known: the gradient's, whose widths may be subnormal)."""
     widths = edges[1:] - edges[:-1]
-    cumulative = torch.cat(
-        [values.new_zeros(values.shape[:-1] + (1,)), torch.cumsum(values * widths, dim=-1)], dim=-1
-    )
+    cumulative = torch.cat([integrals.new_zeros(integrals.shape[:-1] + (1,)), torch.cumsum(integrals, dim=-1)], dim=-1)
     n = widths.numel()
     k = (torch.searchsorted(edges, query, right=True) - 1).clamp(0, n - 1)
     fraction = ((query - edges[k]) / widths[k]).clamp(0.0, 1.0)
@@ -75,7 +91,10 @@ def _rebin_op(flux: torch.Tensor, wave_in: torch.Tensor, wave_out: torch.Tensor,
     check_increasing(wave_in, "wave_in")
     check_increasing(wave_out, "wave_out")
     check_finite(flux, "flux")
-    return rebin_edges_reference(flux, pixel_edges(wave_in), pixel_edges(wave_out), fill)
+    edges_in, edges_out = scaled_edges(wave_in, wave_out)
+    check_edges(edges_in, "wave_in")
+    check_edges(edges_out, "wave_out")
+    return rebin_edges_reference(flux, edges_in, edges_out, fill)
 
 
 @_rebin_op.register_fake
@@ -91,11 +110,10 @@ def _rebin_setup_context(ctx, inputs, output):
 
 def _rebin_backward(ctx, grad_output):
     wave_in, wave_out = ctx.saved_tensors
-    edges_in, edges_out = pixel_edges(wave_in), pixel_edges(wave_out)
+    edges_in, edges_out = scaled_edges(wave_in, wave_out)
     grad = torch.where(covered_bins(edges_in, edges_out), grad_output.to(torch.float64), 0.0)
-    # g_j/width_j is piecewise constant on the output bins; integrate it over each input pixel.
-    density = grad / (edges_out[1:] - edges_out[:-1])
-    integral = cumulative_at(density, edges_out, edges_in)
+    # g_j/width_j is piecewise constant on the output bins, with integral g_j over bin j; integrate it over each input pixel.
+    integral = cumulative_of_integrals(grad, edges_out, edges_in)
     grad_flux = (integral[..., 1:] - integral[..., :-1]).to(ctx.flux_dtype)
     return grad_flux, None, None, None
 
