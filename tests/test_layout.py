@@ -12,7 +12,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "zfast"
 # Layers, lowest first: a module may import modules of its own layer or below, never above.
 LAYERS = [
-    {"_native", "ops", "wavelengths", "files", "devices"},
+    {"_native", "ops", "wavelengths", "units", "files", "devices"},
     {"bins", "metrics", "calibration", "flags", "plots"},
     {"data"},
     {"models", "ood", "template_fit"},

@@ -11,7 +11,7 @@ from typing import Optional
 from ..files import atomic_path
 from ..flags import MIN_VALID, any_flag
 from ..predict import COLUMNS, TEMPLATE_COLUMNS, Model, check_coverage, load_templates, predict_batch
-from .spectra import SpectraFile
+from .readers import open_spectra
 from .tables import TABLES, open_table
 
 
@@ -37,7 +37,8 @@ def _checked_output(output_path, overwrite: bool, pz: bool, model: Model) -> Pat
 
 def predict_file(model: Model, input_path, output_path, *, pz: bool = False, air: bool = False, flux_unit: str = "flam",
                  batch_size: int = 1024, min_valid: float = MIN_VALID, overwrite: bool = False,
-                 progress: Optional[bool] = None, templates=None) -> int:  # fmt: skip
+                 progress: Optional[bool] = None, templates=None, input_format: Optional[str] = None,
+                 reader_options: Optional[dict] = None) -> int:  # fmt: skip
     """Predict every spectrum of ``input_path`` (``SpectraFile``) and write the table to ``output_path`` (.csv or
     .fits), atomically: nothing appears under the name, and nothing is left behind, unless the whole file is done.
     Returns the number of spectra. ``templates``: as ``zfast.predict``'s (adds the template-fit columns)."""
@@ -46,12 +47,14 @@ def predict_file(model: Model, input_path, output_path, *, pz: bool = False, air
     templates = load_templates(templates, model)
     columns = COLUMNS + (TEMPLATE_COLUMNS if templates is not None else ())
     done, flagged, started = 0, 0, time.perf_counter()
-    with SpectraFile(input_path) as source:
+    with open_spectra(input_path, input_format, **(reader_options or {})) as source:
+        if source.knows_units:
+            air, flux_unit = False, "flam"
         check_coverage(model, source.wavelength(), min_valid, air)
         with atomic_path(output_path, make_parents=False, exclusive=not overwrite) as temporary:
             table = open_table(temporary, output_path.suffix.lower(), pz, columns)
             try:
-                for ids, wave, flux, ivar in source.chunks(batch_size):
+                for ids, wave, flux, ivar, bad in source.chunks(batch_size):
                     result = predict_batch(model, wave, flux, ivar, air=air, flux_unit=flux_unit, pz=pz,
                                            min_valid=min_valid, templates=templates)  # fmt: skip
                     table.write(ids, result)

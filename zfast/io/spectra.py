@@ -21,6 +21,8 @@ from typing import Iterator, Union
 
 import numpy as np
 
+from .formats import Chunk, Format, is_fits
+
 
 # What reading a damaged file raises: empty, truncated or not this format (OSError, EOFError, BadZipFile), a
 # corrupt deflate stream (zlib.error), a mangled .npy header (ValueError, SyntaxError, tokenize.TokenError), a
@@ -35,9 +37,13 @@ def damaged_errors() -> tuple:
 
 
 class SpectraFile:
-    """A spectra file (module docstring), opened and checked; ``chunks`` yields its rows."""
+    """A spectra file (module docstring), opened and checked; ``chunks`` yields its rows (the reader contract of
+    ``zfast.io.formats``). Its units are the user's: ``knows_units`` False."""
 
-    def __init__(self, path: Union[str, os.PathLike]):
+    format = "zfast"
+    knows_units = False
+
+    def __init__(self, path: Union[str, os.PathLike], **options):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such input file")
@@ -176,8 +182,8 @@ class SpectraFile:
         except damaged_errors() as error:
             raise self.damaged(error, " (wavelength)") from error
 
-    def chunks(self, size: int) -> Iterator[tuple]:
-        """(ids [n], wavelength [M] or [n, M], flux [n, M], ivar [n, M] or None) for consecutive rows."""
+    def chunks(self, size: int) -> Iterator[Chunk]:
+        """``Chunk`` s (ids [n], wavelength [M] or [n, M], flux [n, M], ivar [n, M] or None) of consecutive rows."""
         shared = self.wavelength() if self.shared_grid else None
         for start in range(0, self.n_spectra, size):
             stop = min(self.n_spectra, start + size)
@@ -192,7 +198,7 @@ class SpectraFile:
                 flux = rows("flux").astype(np.float64)
             except damaged_errors() as error:
                 raise self.damaged(error, f" (rows {start}-{stop - 1})") from error
-            yield ids, wave, flux, ivar
+            yield Chunk(ids, wave, flux, ivar)
 
 
 class NpyMember:
@@ -237,3 +243,11 @@ class NpyMember:
         if self.version == (1, 0):
             return np.lib.format.read_array_header_1_0(stream)
         return np.lib.format.read_array_header_2_0(stream)
+
+
+def _sniff(probe) -> bool:
+    name = probe.path.name.lower()
+    return name.endswith((".npz", ".h5", ".hdf5")) or is_fits(probe.path)
+
+
+FORMAT = Format("zfast", "a .npz, .h5/.hdf5 or .fits file with wavelength and flux arrays (docs/predict.md)", _sniff, SpectraFile)
