@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from scipy import stats
@@ -136,3 +138,64 @@ def test_bad_inputs_raise_clear_errors(call, error, match):
     edges = zfast.redshift_bin_edges(1.0, 1.8, 80)
     with pytest.raises(error, match=match):
         call(edges)
+
+
+def _mass_reference(p, edges, lo, hi):
+    """P(lo <= z < hi) of the piecewise-constant density: overlap length x density, bin by bin (float64)."""
+    overlap = np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0.0, None)
+    return float((p * overlap / np.diff(edges)).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pz_candidates_against_a_brute_force_reference(seed):
+    from zfast.bins import pz_candidates
+
+    rng = np.random.default_rng(seed)
+    n_bins = int(rng.integers(50, 300))
+    edges = np.sort(np.concatenate([[1.0, 1.8], rng.uniform(1.0, 1.8, n_bins - 1)]))
+    centre = 0.5 * (edges[1:] + edges[:-1])
+    rows = []
+    for _ in range(6):
+        density = sum(rng.uniform(0.1, 1) * np.exp(-0.5 * ((centre - rng.uniform(1, 1.8)) / rng.uniform(0.002, 0.05)) ** 2)
+                      for _ in range(int(rng.integers(1, 4))))  # fmt: skip
+        rows.append(density * np.diff(edges) + 1e-6 * rng.random(n_bins))
+    p = np.array(rows)
+    p /= p.sum(axis=1, keepdims=True)
+    z = centre[p.argmax(axis=1)] + rng.uniform(-1e-3, 1e-3, len(p))
+    got = pz_candidates(torch.tensor(p), torch.tensor(edges), torch.tensor(z), n=3, half_width=0.01)
+    for b in range(len(p)):
+        chosen = [z[b]]
+        masses = [_mass_reference(p[b], edges, z[b] - 0.01 * (1 + z[b]), z[b] + 0.01 * (1 + z[b]))]
+        for _ in range(2):
+            best, best_mass, best_score = None, -1.0, -1.0
+            for j, c in enumerate(centre):
+                if any(abs(c - q) < 0.01 * (1 + c) + 0.01 * (1 + q) for q in chosen):
+                    continue
+                m = _mass_reference(p[b], edges, c - 0.01 * (1 + c), c + 0.01 * (1 + c))
+                if m + 1e-9 * p[b, j] > best_score:
+                    best, best_mass, best_score = c, m, m + 1e-9 * p[b, j]
+            chosen.append(best)
+            masses.append(best_mass)
+        np.testing.assert_allclose(got.p[b].numpy(), masses, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.z[b].numpy(), chosen, rtol=0, atol=1e-12)
+        assert sum(masses) <= 1 + 1e-9  # non-overlapping windows
+        assert got.zprob[b] == got.p[b, 0]
+        np.testing.assert_allclose(float(got.deltachi2[b]), 2 * np.log(max(masses[0], 1e-30) / max(masses[1], 1e-30)), rtol=1e-9)
+
+
+def test_pz_candidates_single_sharp_peak_and_a_narrow_range():
+    from zfast.bins import pz_candidates
+
+    edges = torch.linspace(1.0, 1.8, 801, dtype=torch.float64)
+    p = torch.zeros(2, 800, dtype=torch.float64)
+    p[0, 400] = 1.0  # all mass in one bin: the second candidate holds nothing
+    p[1, 100], p[1, 600] = 0.75, 0.25  # two peaks: ΔΧ² = 2 ln 3
+    z = torch.tensor([1.4005, 1.1005], dtype=torch.float64)
+    got = pz_candidates(p, edges, z)
+    assert got.zprob.tolist() == pytest.approx([1.0, 0.75])
+    assert float(got.p[0, 1]) == 0.0 and float(got.deltachi2[0]) == pytest.approx(2 * np.log(1e30))
+    assert float(got.deltachi2[1]) == pytest.approx(2 * np.log(3.0))
+    assert float(got.z[1, 1]) == pytest.approx(1.6005, abs=1e-12)
+    narrow = pz_candidates(torch.full((1, 10), 0.1, dtype=torch.float64), torch.linspace(1.0, 1.01, 11, dtype=torch.float64),
+                           torch.tensor([1.005], dtype=torch.float64))  # fmt: skip
+    assert math.isnan(float(narrow.z[0, 1])) and float(narrow.p[0, 1]) == 0.0  # no second window fits in the range

@@ -25,7 +25,8 @@ import zfast
 from zfast import checkpoint
 from zfast.calibration import SNR_EDGES
 from zfast.cli import predict as predict_cli
-from zfast.flags import any_flag
+from zfast.flags import FLAGS, any_flag
+from zfast.io.tables import CATALOGUE
 from zfast.io.tables import id_text
 from zfast.ops.rebin import covered_bins, scaled_edges
 from zfast.training.config import TrainConfig
@@ -419,13 +420,14 @@ def check_table(path, members: dict, model, intact: bool) -> None:
             rows = list(csv.DictReader(stream))
     else:
         with fits.open(path) as hdul:
-            rows = [{name.lower(): hdul[1].data[name][i] for name in hdul[1].data.columns.names} for i in range(len(hdul[1].data))]
+            rows = [{name: hdul[1].data[name][i] for name in hdul[1].data.columns.names} for i in range(len(hdul[1].data))]
     members = {k.lower(): v for k, v in members.items() if not isinstance(v, str)}  # (a group is no member)
     ids = [id_text(i) for i in members.get("id", range(np.shape(members["flux"])[0]))]
-    assert not intact or [id_text(row["id"]) for row in rows] == ids, f"ids {[row['id'] for row in rows]} != {ids}"
-    flags = ("flag_z_range", "flag_few_pixels", "flag_ood")
-    result = {k: torch.tensor([int(r[k]) if k in flags else float(r[k]) for r in rows], dtype=torch.bool if k in flags else torch.float64)
-              for k in NOT_NAN_COLUMNS + flags + ("p_outside",)}  # fmt: skip
+    assert not intact or [id_text(row["TARGETID"]) for row in rows] == ids, f"ids {[row['TARGETID'] for row in rows]} != {ids}"
+    names = {column.key: column.name for column in CATALOGUE}
+    result = {k: torch.tensor([float(r[names[k]]) for r in rows], dtype=torch.float64) for k in NOT_NAN_COLUMNS + ("p_outside",)}
+    for flag in FLAGS:  # the boolean flags are bits of ZWARN
+        result[flag.name] = torch.tensor([(int(r["ZWARN"]) & flag.bits) != 0 for r in rows], dtype=torch.bool)
     check_result(result, len(rows), model)
 
 

@@ -26,7 +26,7 @@ from zfast.models import split_outside
 from zfast.predict import prepare_spectra
 from zfast.training import config as training_config
 from zfast.training import evaluation, streams
-from zfast import checkpoint
+from zfast import checkpoint, flags
 from zfast.calibration import SNR_EDGES
 from zfast.bins import redshift_bin_edges
 
@@ -220,11 +220,13 @@ def test_files_in_every_format_give_the_api_table(model, trained, test_spectra, 
                                "--pz", "--batch-size", "17", "--device", "cpu"]) == 0  # fmt: skip
         with open(out) as stream:
             rows = list(csv.DictReader(stream))
-        assert [int(r["id"]) for r in rows] == ids.tolist()
+        assert [int(r["TARGETID"]) for r in rows] == ids.tolist()
         reference = api if name == "in_images.fits" else api64
-        np.testing.assert_allclose([float(r["z"]) for r in rows], reference["z"].numpy(), atol=1e-5)
-        np.testing.assert_array_equal([r["flag_ood"] == "1" for r in rows], reference["flag_ood"].numpy())
-        pz = np.array([[float(x) for x in r["pz"].split()] for r in rows])
+        np.testing.assert_allclose([float(r["Z"]) for r in rows], reference["z"].numpy(), atol=1e-5)
+        np.testing.assert_array_equal([int(r["ZWARN"]) for r in rows], reference["zwarn"].numpy())
+        np.testing.assert_array_equal([(int(r["ZWARN"]) & flags.BIT["OOD"]) != 0 for r in rows], reference["flag_ood"].numpy())
+        np.testing.assert_allclose([[float(r[f"Z_CAND_{k}"]) for k in (1, 2, 3)] for r in rows], reference["z_cand"].numpy(), atol=1e-5)
+        pz = np.array([[float(x) for x in r["PZ"].split()] for r in rows])
         assert pz.shape == (flux.shape[0], 80)
         np.testing.assert_allclose(pz.sum(axis=1), 1.0, atol=1e-3)
     fits = pytest.importorskip("astropy.io.fits")
@@ -233,7 +235,13 @@ def test_files_in_every_format_give_the_api_table(model, trained, test_spectra, 
     with fits.open(out) as hdul:
         table = hdul["REDSHIFTS"]
         np.testing.assert_allclose(table.data["Z"], api64["z"].numpy(), atol=1e-12)
-        assert table.data["PZ"].shape == (flux.shape[0], 80) and table.data["ID"].tolist() == ids.tolist()
+        assert table.data["TARGETID"].tolist() == ids.tolist()
+        np.testing.assert_array_equal(table.data["ZWARN"], api64["zwarn"].numpy())
+        np.testing.assert_allclose(table.data["P_CAND"], api64["p_cand"].numpy(), atol=1e-12)
+        np.testing.assert_allclose(table.data["DELTACHI2"], api64["deltachi2"].numpy(), atol=1e-9)
+        assert table.data["Z_CAND"].shape == (flux.shape[0], 3) and table.columns["NPIXELS"].unit == "pix"
+        np.testing.assert_allclose(hdul["PZ"].data, api64["pz"].numpy(), atol=1e-7)
+        np.testing.assert_allclose(hdul["PZ_EDGES"].data, model.bin_edges.numpy())
         edges = redshift_bin_edges(table.header["ZMIN"], table.header["ZMAX"], table.header["NBINS"])
         torch.testing.assert_close(edges, model.bin_edges)
 
@@ -350,7 +358,7 @@ def test_an_ensemble_averages_its_members_pz(trained, second, model, test_spectr
                            "--output", str(out), "--device", "cpu"]) == 0  # fmt: skip
     with open(out) as stream:
         rows = list(csv.DictReader(stream))
-    np.testing.assert_allclose([float(r["z"]) for r in rows], got["z"].numpy(), atol=1e-5)
+    np.testing.assert_allclose([float(r["Z"]) for r in rows], got["z"].numpy(), atol=1e-5)
 
 
 def test_an_ensemble_refuses_members_that_cannot_be_averaged(trained, model, tmp_path):
@@ -396,7 +404,7 @@ def test_an_ensemble_file_calibrates_the_mean_pz(trained, second, model, test_sp
                            "--output", str(tmp_path / "z.csv"), "--device", "cpu"]) == 0  # fmt: skip
     with open(tmp_path / "z.csv") as stream:
         rows = list(csv.DictReader(stream))
-    np.testing.assert_allclose([float(r["z_hi68"]) for r in rows], got["z_hi68"].numpy(), atol=1e-5)
+    np.testing.assert_allclose([float(r["Z_HI68"]) for r in rows], got["z_hi68"].numpy(), atol=1e-5)
     with pytest.raises(SystemExit, match="at least two"):
         train_cli.main(["--ensemble", str(trained[0]), "--out", str(tmp_path / "one")])
 
@@ -438,8 +446,8 @@ def test_template_columns_fit_every_spectrum_with_a_library(trained, model, test
                            "--templates", "training", "--device", "cpu"]) == 0  # fmt: skip
     with open(out) as stream:
         rows = list(csv.DictReader(stream))
-    np.testing.assert_allclose([float(r["z_template"]) for r in rows], api["z_template"].numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose([float(r["template_sed"]) for r in rows], api["template_sed"].numpy())
+    np.testing.assert_allclose([float(r["Z_TEMPLATE"]) for r in rows], api["z_template"].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose([float(r["TEMPLATE_SED"]) for r in rows], api["template_sed"].numpy())
     with pytest.raises(SystemExit, match="zfast-predict"):
         predict_cli.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.npz"), "--output",
                         str(tmp_path / "bad.csv"), "--templates", str(tmp_path / "missing.h5"), "--device", "cpu"])  # fmt: skip

@@ -258,3 +258,62 @@ def pz_summary(probs: torch.Tensor, bin_edges) -> PzSummary:
 
     lo68, hi68, lo95, hi95 = cdf_quantiles(p, edges, (0.16, 0.84, 0.025, 0.975)).unbind(dim=1)
     return PzSummary(z_mean, z_mode, sigma, lo68, hi68, lo95, hi95)
+
+
+class PzCandidates(NamedTuple):
+    """The redshift candidates of binned P(z) (``pz_candidates``)."""
+
+    z: torch.Tensor  # [B, n] float64: candidate redshifts, best first (NaN where no further window fits)
+    p: torch.Tensor  # [B, n] float64: P(z) mass within ±half_width·(1+z) of each (0 where none)
+    zprob: torch.Tensor  # [B]: p[:, 0], the mass around the point estimate
+    deltachi2: torch.Tensor  # [B]: 2·ln(p[:, 0] / p[:, 1]), p[:, 1] floored at 1e-30 (so at most ~138)
+
+
+def window_mass(cdf: torch.Tensor, edges: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """P(lo <= z < hi) [B, K] from the piecewise-linear CDF ``cdf`` [B, C+1] at ``edges`` [C+1], for windows
+    ``lo``, ``hi`` [B, K] (clipped to the edges)."""
+    n_bins = edges.numel() - 1
+
+    def cdf_at(z):
+        z = z.clamp(float(edges[0]), float(edges[-1]))
+        k = (torch.searchsorted(edges, z.contiguous()) - 1).clamp(0, n_bins - 1)
+        fraction = ((z - edges[k]) / (edges[k + 1] - edges[k])).clamp(0.0, 1.0)
+        below, above = cdf.gather(1, k), cdf.gather(1, k + 1)
+        return below + fraction * (above - below)
+
+    return (cdf_at(hi) - cdf_at(lo)).clamp_min(0.0)
+
+
+def pz_candidates(probs: torch.Tensor, bin_edges, z: torch.Tensor, n: int = 3, half_width: float = 0.01) -> PzCandidates:
+    """The ``n`` best redshift candidates of P(z) ``probs`` [B, C] (rows normalised here) for point estimates
+    ``z`` [B].
+
+    The first candidate is ``z`` itself and its mass that within ±half_width·(1+z) (ZPROB: the chance that z is
+    right to the catalogue's outlier tolerance). Each next candidate is the bin centre whose window of the same
+    half width holds the most mass (ties: the most probable bin) among those whose windows do not overlap an earlier candidate's, so the masses
+    of the candidates add up to at most 1. ``deltachi2`` compares the first two as a χ² difference would if
+    P(z) were a likelihood: 2·ln(P_1/P_2); small values mean a second redshift is nearly as likely."""
+    p, edges = normalised_probs(probs, bin_edges)
+    z = torch.as_tensor(z, dtype=torch.float64, device=p.device)
+    cdf = torch.cat([p.new_zeros(p.shape[0], 1), torch.cumsum(p, dim=1)], dim=1)
+    centre = (0.5 * (edges[1:] + edges[:-1])).expand(p.shape[0], -1)
+    reach = half_width * (1.0 + centre)
+    masses = window_mass(cdf, edges, centre - reach, centre + reach)  # [B, C]: the window around each centre
+    z_out = torch.full((p.shape[0], n), math.nan, dtype=torch.float64, device=p.device)
+    p_out = torch.zeros_like(z_out)
+    z_out[:, 0] = z
+    p_out[:, 0] = window_mass(cdf, edges, (z - half_width * (1 + z))[:, None], (z + half_width * (1 + z))[:, None])[:, 0]
+    free = torch.ones_like(masses, dtype=torch.bool)
+    for k in range(1, n):
+        previous = z_out[:, k - 1 : k]
+        free &= ~((centre - previous).abs() < (reach + half_width * (1.0 + previous)))
+        # Ties (a peak narrower than the window: a plateau of equal masses) go to the centre of the most probable
+        # bin, so the candidate sits on its peak rather than at the plateau's end.
+        best = torch.where(free, masses + 1e-9 * p, -1.0).max(dim=1)
+        found = best.values >= 0
+        z_out[:, k] = torch.where(found, centre.gather(1, best.indices[:, None])[:, 0], math.nan)
+        p_out[:, k] = torch.where(found, masses.gather(1, best.indices[:, None])[:, 0], 0.0)
+        free &= found[:, None]
+    second = p_out[:, 1] if n > 1 else torch.zeros_like(p_out[:, 0])
+    deltachi2 = 2.0 * (torch.log(p_out[:, 0].clamp_min(1e-30)) - torch.log(second.clamp_min(1e-30)))
+    return PzCandidates(z_out, p_out, p_out[:, 0], deltachi2)

@@ -29,13 +29,13 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .bins import PzSummary, pz_summary, refined_mode, target_to_z
+from .bins import PzSummary, pz_candidates, pz_summary, refined_mode, target_to_z
 from .calibration import calibrated_probs, calibrated_summary, spectrum_snr
 from .checkpoint import EnsembleModel, RedshiftModel, load_ensemble, load_model
 from .data.instrument import normalise
 from .data.sed_library import SEDLibrary
 from .data.sets import load_library, run_splits
-from .flags import MIN_VALID, few_pixels_flag, ood_flag, z_range_flag
+from .flags import MIN_VALID, few_pixels_flag, ood_flag, z_range_flag, zwarn
 from .models import split_outside
 from .ood import ood_features, ood_scores
 from .ops.rebin import cumulative_at, pixel_edges
@@ -45,7 +45,13 @@ from .wavelengths import air_to_vacuum
 COLUMNS = ("id", "z", "z_err", "z_lo68", "z_hi68", "valid_fraction", "snr", "ood_score", "p_outside",
            "flag_z_range", "flag_few_pixels", "flag_ood")  # fmt: skip
 TEMPLATE_COLUMNS = ("z_template", "z_template_err", "template_sed", "template_rchi2")
+CATALOGUE_COLUMNS = ("zprob", "deltachi2", "z_cand", "p_cand", "npixels", "zwarn")
+N_CANDIDATES = 3  # Z_CAND / P_CAND: the best redshift and the next two (zfast.bins.pz_candidates)
 Model = Union[RedshiftModel, EnsembleModel]
+
+
+def edges_of(model, device) -> torch.Tensor:
+    return model.bin_edges.to(device=device, dtype=torch.float64)
 
 
 # --- spectra onto the model's pixels --------------------------------------------------------------------
@@ -267,6 +273,10 @@ def _predict_regression(model: RedshiftModel, flux: torch.Tensor) -> dict:
     result = dict(z=z, z_err=z_err, z_lo68=z - z_err, z_hi68=z + z_err, p_outside=p_outside)
     result["ood_score"] = score if score is not None else torch.full_like(z, math.nan)
     result["flag_ood"] = flag if flag is not None else torch.zeros_like(z, dtype=torch.bool)
+    # No P(z): no candidates beyond z, no ZPROB or DELTACHI2 (so SMALL_DELTA_CHI2 is never raised).
+    nan = torch.full_like(z, math.nan)
+    result.update(zprob=nan, deltachi2=nan, z_cand=torch.cat([z[:, None], nan[:, None].expand(-1, N_CANDIDATES - 1)], dim=1),
+                  p_cand=nan[:, None].expand(-1, N_CANDIDATES).clone())  # fmt: skip
     return result
 
 
@@ -281,6 +291,8 @@ def predict_normalised(model: Model, flux: torch.Tensor, pz: bool = False, snr: 
         out, s = ensemble_summary(model, flux, snr)
         result = dict(z=s.z_mode, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68, ood_score=out["ood_score"],
                       flag_ood=out["flag_ood"], p_outside=out["p_outside"])  # fmt: skip
+        candidates = pz_candidates(out["calibrated"], edges_of(model, out["calibrated"].device), s.z_mode, n=N_CANDIDATES)
+        result.update(zprob=candidates.zprob, deltachi2=candidates.deltachi2, z_cand=candidates.z, p_cand=candidates.p)
         if pz:
             result["pz"] = out["calibrated"].float()
     result["flag_z_range"] = z_range_flag(result["z"], result["p_outside"], *model.z_range)
@@ -346,8 +358,10 @@ def predict_batch(model: Model, wavelength, flux, ivar=None, *, air: bool = Fals
     result = predict_normalised(model, normalised, pz, snr)
     result["valid_fraction"], result["snr"] = fraction, snr
     result["flag_few_pixels"] = few_pixels_flag(fraction, min_valid)
+    result["npixels"] = torch.round(fraction * (model.instrument.wave_edges.numel() - 1)).to(torch.int64)
     if templates is not None:
         result.update(template_columns(model, normalised, ivar_n, templates, known_noise=ivar is not None))
+    result["zwarn"] = zwarn(result, model.z_range, min_valid)
     return result
 
 
@@ -386,7 +400,10 @@ def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux, ivar=
     Returns:
         dict of CPU tensors [B]: z, z_err, z_lo68, z_hi68 (float64), valid_fraction, snr, ood_score, p_outside
         (float64), flag_z_range, flag_few_pixels, flag_ood (bool; ``zfast.flags``), and pz [B, K] float32 when
-        asked; with ``templates`` the four TEMPLATE_COLUMNS. Rows stay in input order; none are dropped.
+        asked; with ``templates`` the four TEMPLATE_COLUMNS. The catalogue's columns too: zprob (P(z) mass within
+        ±0.01(1+z) of z), deltachi2 (2 ln(P_1/P_2) of the two best candidates), z_cand and p_cand [B, 3] (the
+        candidates and their masses, ``zfast.bins.pz_candidates``; NaN for regression), npixels (valid model
+        pixels, int64) and zwarn (int64 bitmask, ``zfast.flags``). Rows stay in input order; none are dropped.
     """
     model = resolve_model(model, device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):

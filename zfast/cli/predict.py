@@ -14,7 +14,7 @@ from typing import Optional
 from ..checkpoint import load_ensemble, load_model
 from ..devices import pick_device
 from ..flags import MIN_VALID
-from ..io import predict_file
+from ..io import format_names, predict_file
 from . import one_line
 
 
@@ -23,8 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     parser.add_argument("--checkpoint", required=True, nargs="+",
                         help="a zfast-train checkpoint (best.pt) or ensemble file; several: an ensemble, their P(z) averaged (binned estimators on the same bins)")
-    parser.add_argument("--input", required=True, help="spectra: .npz, .h5/.hdf5 or .fits with wavelength [M] (Å), flux [N, M], optional ivar [N, M] and id [N]")
-    parser.add_argument("--output", required=True, help="the table: .csv or .fits")
+    parser.add_argument("--input", required=True,
+                        help="spectra: a Euclid SIR tile or single-object file, a DESI coadd/spectra file, an SDSS spec file, or zfast's own layout "
+                             "(.npz, .h5/.hdf5 or .fits with wavelength [M] (Å), flux [N, M], optional ivar [N, M] and id [N])")
+    parser.add_argument("--format", default="auto", choices=("auto",) + format_names(),
+                        help="the input's reader (auto: chosen from the file's content)")
+    parser.add_argument("--sir-bad-bits", type=lambda text: int(text, 0), default=None,
+                        help="Euclid SIR: MASK bits that make a pixel unusable (default: NOT_USE and ABS_FLUX and above, 0x...FFC1)")
+    parser.add_argument("--output", required=True, help="the catalogue: .csv, .fits or .parquet (docs/catalogue.md)")
     parser.add_argument("--pz", action="store_true", help="add P(z) (a column of n_bins probabilities)")
     parser.add_argument("--air", action="store_true", help="the input wavelengths are in air (converted to vacuum)")
     parser.add_argument("--flux-unit", choices=("flam", "fnu"), default="flam", help="f_λ or f_ν (any scale)")
@@ -63,7 +69,8 @@ def main(argv: Optional[list] = None) -> int:
         model = load_model(args.checkpoint[0], device) if len(args.checkpoint) == 1 else load_ensemble(args.checkpoint, device)
         predict_file(model, args.input, args.output, pz=args.pz, air=args.air, flux_unit=args.flux_unit,
                      batch_size=args.batch_size, min_valid=args.min_valid, overwrite=args.overwrite,
-                     templates=args.templates)  # fmt: skip
+                     templates=args.templates, input_format=args.format,
+                     reader_options={} if args.sir_bad_bits is None else {"sir_bad_bits": args.sir_bad_bits})  # fmt: skip
     except RUNTIME_ERRORS as error:  # one line naming the file or option, exit status 1
         raise SystemExit(one_line("zfast-predict", error)) from error
     except Terminated:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
+
+import torch
 from typing import Optional
 
 from ..files import atomic_path
-from ..flags import MIN_VALID, any_flag
-from ..predict import COLUMNS, TEMPLATE_COLUMNS, Model, check_coverage, load_templates, predict_batch
+from ..flags import BIT, MIN_VALID
+from ..predict import Model, check_coverage, load_templates, predict_batch
 from .readers import open_spectra
-from .tables import TABLES, open_table
+from .tables import TABLES, catalogue_columns, open_table
 
 
 def _checked_output(output_path, overwrite: bool, pz: bool, model: Model) -> Path:
@@ -20,7 +24,7 @@ def _checked_output(output_path, overwrite: bool, pz: bool, model: Model) -> Pat
     an existing file unless ``overwrite`` (never a folder)."""
     output_path = Path(output_path)
     if output_path.suffix.lower() not in TABLES:
-        raise ValueError(f"{output_path}: unknown output format (use .csv or .fits)")
+        raise ValueError(f"{output_path}: unknown output format (use .csv, .fits or .parquet)")
     if output_path.is_dir():
         raise IsADirectoryError(f"{output_path} is a folder; give the table's file name")
     if output_path.exists() and not overwrite:
@@ -35,18 +39,32 @@ def _checked_output(output_path, overwrite: bool, pz: bool, model: Model) -> Pat
     return output_path
 
 
+def _warn_duplicates(ids, seen: set, path) -> bool:
+    """Record ``ids`` in ``seen``; warn (once: the caller stops calling) when one repeats. Every row is kept."""
+    values = [i.item() if hasattr(i, "item") else i for i in ids]
+    counts = Counter(values)
+    repeated = next((v for v in values if v in seen or counts[v] > 1), None)
+    seen.update(values)
+    if repeated is not None:
+        warnings.warn(f"{path}: duplicate TARGETID {repeated!r} (every row is kept; later duplicates not warned)", stacklevel=3)
+    return repeated is not None
+
+
 def predict_file(model: Model, input_path, output_path, *, pz: bool = False, air: bool = False, flux_unit: str = "flam",
                  batch_size: int = 1024, min_valid: float = MIN_VALID, overwrite: bool = False,
                  progress: Optional[bool] = None, templates=None, input_format: Optional[str] = None,
                  reader_options: Optional[dict] = None) -> int:  # fmt: skip
-    """Predict every spectrum of ``input_path`` (``SpectraFile``) and write the table to ``output_path`` (.csv or
-    .fits), atomically: nothing appears under the name, and nothing is left behind, unless the whole file is done.
-    Returns the number of spectra. ``templates``: as ``zfast.predict``'s (adds the template-fit columns)."""
+    """Predict every spectrum of ``input_path`` and write the catalogue to ``output_path`` (.csv, .fits or .parquet;
+    ``zfast.io.tables``), atomically: nothing appears under the name, and nothing is left behind, unless the whole
+    file is done. Returns the number of spectra. The reader is chosen from the file (``zfast.io.readers``), or by
+    ``input_format``; ``reader_options`` go to it (e.g. ``sir_bad_bits``). Survey readers know their units, so
+    ``air`` and ``flux_unit`` apply only to zfast's own layout. ``templates``: as ``zfast.predict``'s (adds the
+    template-fit columns and ZWARN's FIT_DISAGREES)."""
     output_path = _checked_output(output_path, overwrite, pz, model)
     progress = sys.stderr.isatty() if progress is None else progress
     templates = load_templates(templates, model)
-    columns = COLUMNS + (TEMPLATE_COLUMNS if templates is not None else ())
-    done, flagged, started = 0, 0, time.perf_counter()
+    columns = catalogue_columns(templates is not None)
+    done, flagged, started, seen, duplicated = 0, 0, time.perf_counter(), set(), False
     with open_spectra(input_path, input_format, **(reader_options or {})) as source:
         if source.knows_units:
             air, flux_unit = False, "flam"
@@ -57,9 +75,12 @@ def predict_file(model: Model, input_path, output_path, *, pz: bool = False, air
                 for ids, wave, flux, ivar, bad in source.chunks(batch_size):
                     result = predict_batch(model, wave, flux, ivar, air=air, flux_unit=flux_unit, pz=pz,
                                            min_valid=min_valid, templates=templates)  # fmt: skip
+                    if bad is not None:  # the file's entry was unusable: flagged, never dropped
+                        result["zwarn"] = result["zwarn"] | (torch.as_tensor(bad) * BIT["NODATA"])
+                    duplicated = duplicated or _warn_duplicates(ids, seen, source.path)
                     table.write(ids, result)
                     done += len(ids)
-                    flagged += int(any_flag(result).sum())
+                    flagged += int((result["zwarn"] != 0).sum())
                     if progress:
                         rate = done / max(1e-9, time.perf_counter() - started)
                         print(f"\r{done:,}/{source.n_spectra:,} spectra  {rate:,.0f}/s", end="", file=sys.stderr)
