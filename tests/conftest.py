@@ -60,3 +60,24 @@ def generator(request) -> torch.Generator:
     seed = int(os.environ.get("ZFAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
     request.node.add_report_section("call", "seed", f"ZFAST_TEST_SEED={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A small paper-cnn run (80 bins, 150 steps, ~15 s) shared by every test module that needs a checkpoint."""
+    from zfast import checkpoint
+    from zfast.cli import train as train_cli
+    from zfast.training import config as training_config
+
+    out = tmp_path_factory.mktemp("run")
+    train_cli.main(["--preset", "quick", "--model", "paper-cnn", "--n-bins", "80", "--steps", "150", "--eval-every", "150",
+                "--n-val", "512", "--n-test", "64", "--batch-size", "64", "--lr", "2e-3", "--out", str(out)])  # fmt: skip
+    config = training_config.config_from_dict(checkpoint.read(out / "best.pt").config)
+    return out / "best.pt", config
+
+
+@pytest.fixture(scope="session")
+def model(trained):
+    import zfast
+
+    return zfast.load_model(trained[0], "cpu")

@@ -32,20 +32,6 @@ from zfast.bins import redshift_bin_edges
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    train_cli.main(["--preset", "quick", "--model", "paper-cnn", "--n-bins", "80", "--steps", "150", "--eval-every", "150",
-                "--n-val", "512", "--n-test", "64", "--batch-size", "64", "--lr", "2e-3", "--out", str(out)])  # fmt: skip
-    config = training_config.config_from_dict(checkpoint.read(out / "best.pt").config)
-    return out / "best.pt", config
-
-
-@pytest.fixture(scope="module")
-def model(trained):
-    return zfast.load_model(trained[0], "cpu")
-
-
-@pytest.fixture(scope="module")
 def test_spectra(trained):
     """Raw (un-normalised) noisy test spectra on the model's pixels, with their normalised form and truth."""
     _, c = trained

@@ -40,6 +40,7 @@ from .models import split_outside
 from .ood import ood_features, ood_scores
 from .ops.rebin import cumulative_at, pixel_edges
 from .template_fit import library_fit_redshift
+from .units import astropy_arrays
 from .wavelengths import air_to_vacuum
 
 COLUMNS = ("id", "z", "z_err", "z_lo68", "z_hi68", "valid_fraction", "snr", "ood_score", "p_outside",
@@ -377,7 +378,7 @@ def resolve_model(model, device=None) -> Model:
     return model
 
 
-def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux, ivar=None, *, air: bool = False,
+def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux=None, ivar=None, *, air: bool = False,
             flux_unit: str = "flam", pz: bool = False, batch_size: int = 1024, min_valid: float = MIN_VALID,
             device=None, templates=None) -> dict:  # fmt: skip
     """Redshifts of real spectra.
@@ -386,6 +387,8 @@ def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux, ivar=
         model: a ``RedshiftModel`` (``load_model``) or the path of a zfast-train checkpoint; an ``EnsembleModel``
             (``load_ensemble``) or a list of checkpoint paths: their P(z) averaged (see ``EnsembleModel``).
         wavelength (array [N] or [B, N]): observed pixel centres in Å, vacuum (``air=True``: air), increasing.
+            Or, with ``flux`` left out, a specutils ``Spectrum``/``Spectrum1D`` or an astropy ``Table`` (units
+            converted through astropy: ``zfast.units.astropy_arrays``).
         flux (array [B, N] or [N]): f_λ in any units (``flux_unit="fnu"``: f_ν); NaN marks a bad pixel.
         ivar (array [B, N], optional): inverse variances; 0 or NaN marks a bad pixel. Default: all pixels valid.
         pz (bool): also return P(z) [B, K] (binned estimators). batch_size (int): spectra per forward pass.
@@ -405,6 +408,11 @@ def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux, ivar=
         candidates and their masses, ``zfast.bins.pz_candidates``; NaN for regression), npixels (valid model
         pixels, int64) and zwarn (int64 bitmask, ``zfast.flags``). Rows stay in input order; none are dropped.
     """
+    if flux is None:
+        if ivar is not None:
+            raise ValueError("ivar given without flux: pass a Spectrum or Table alone, or wavelength, flux and ivar")
+        wavelength, flux, ivar = astropy_arrays(wavelength)
+        flux_unit = "flam"
     model = resolve_model(model, device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
