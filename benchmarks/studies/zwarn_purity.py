@@ -1,0 +1,134 @@
+"""What ZWARN = 0 is worth: the SMALL_DELTA_CHI2 threshold chosen on validation spectra, then the purity and
+completeness of ZWARN = 0 on every test set.
+
+Purity: the share of ZWARN = 0 spectra with |Δz|/(1+z) <= 0.01 (1 - their outlier rate η). Completeness: the share
+of all spectra that get ZWARN = 0 and are right. The threshold DELTACHI2_MIN is the smallest of a grid (0 to 60 in
+steps of 0.25) for which the validation spectra (the run's validation SEDs; noiseless, white SNR 10, SNR 3 and
+Euclid-like noise) reach >= 99 % purity in every noise condition; the other ZWARN bits are as ``zfast.flags``
+sets them. Test sets: the run's test SEDs under the same four conditions, the Euclid-like target sample
+(Hα + [NII] above the survey's limit), the held-out recipe where the run has one, and the real galaxies of
+``real_galaxies.py`` (MaNGA spaxels, MaStar SSPs, Kinney-Calzetti; noiseless, SNR 10, SNR 10 with 10 % of the
+pixels masked, SNR 3).
+
+    python benchmarks/studies/zwarn_purity.py runs/quick/best.pt --out zwarn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import paper_table  # noqa: E402
+import real_galaxies  # noqa: E402
+import zfast  # noqa: E402
+from zfast import checkpoint, flags  # noqa: E402
+from zfast.data.instrument import Instrument  # noqa: E402
+from zfast.data.sets import load_library  # noqa: E402
+from zfast.training import config as training_config  # noqa: E402
+from zfast.training.streams import augmented  # noqa: E402
+
+THRESHOLDS = np.arange(0.0, 60.0001, 0.25)
+TARGET_PURITY = 0.99
+VALIDATION_SEED = 61_000  # not the test sets' (paper_table.TEST_SEED) nor the run's own validation seed
+REAL_CONDITIONS = ("noiseless", "snr10", "snr10_masked10", "snr3")
+
+
+def zwarn_at(result: dict, threshold: float) -> torch.Tensor:
+    """ZWARN with SMALL_DELTA_CHI2 set by ``threshold`` instead of flags.DELTACHI2_MIN."""
+    bit = flags.BIT["SMALL_DELTA_CHI2"]
+    others = result["zwarn"] & ~bit
+    return others | (result["deltachi2"] < threshold).to(torch.int64) * bit
+
+
+def purity(z_true, result, threshold) -> dict:
+    wrong = (result["z"] - z_true).abs() / (1 + z_true) > 0.01
+    good = zwarn_at(result, threshold) == 0
+    n_good = int(good.sum())
+    return {"n": int(z_true.numel()), "n_zwarn0": n_good, "eta_all": float(wrong.double().mean()),
+            "purity": float((~wrong & good).sum() / max(1, n_good)), "completeness": float((~wrong & good).double().mean()),
+            "right_but_flagged": float((~wrong & ~good).double().mean())}  # fmt: skip
+
+
+def predict(model, wave, flux, ivar) -> dict:
+    return zfast.predict(model, wave, flux, ivar, batch_size=512)
+
+
+def validation(model, c, library, n: int) -> dict:
+    """condition -> (z_true, result) on the run's validation SEDs."""
+    out = {}
+    for k, (condition, noise) in enumerate(paper_table.CONDITIONS.items()):
+        instrument = Instrument.preset(c.instrument, noise)
+        flux, ivar, z, _ = augmented(c, library, instrument, "val").fixed_set(n, seed=VALIDATION_SEED + k)
+        out[condition] = (z, predict(model, instrument.wavelength, flux, ivar))
+    return out
+
+
+def choose_threshold(sets: dict) -> float:
+    for threshold in THRESHOLDS:
+        if all(purity(z, r, threshold)["purity"] >= TARGET_PURITY for z, r in sets.values()):
+            return float(threshold)
+    return float("nan")
+
+
+def real_sets(model, n_draws: int, seed: int) -> dict:
+    real = real_galaxies.load_real_spectra()
+    out = {}
+    for condition in REAL_CONDITIONS:
+        setting = real_galaxies.CONDITIONS[condition]
+        instrument = Instrument.preset("euclid-nisp-red", setting["noise"])
+        index, z = real_galaxies.draw(real, instrument, n_draws, seed)
+        flux, ivar = real_galaxies.observe(real, instrument, index, z, seed + 1, setting.get("mask_fraction", 0.0))
+        result = predict(model, instrument.wavelength, flux, ivar)
+        families = np.array([real.families[i] for i in index.tolist()])
+        for family in ["all"] + sorted(set(families)):
+            keep = torch.as_tensor(families == family) if family != "all" else torch.ones(len(z), dtype=torch.bool)
+            out[f"real {family}/{condition}"] = (z[keep], {k: v[keep] for k, v in result.items()})
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--n", type=int, default=2048, help="spectra per simulated set")
+    parser.add_argument("--n-val", type=int, default=2048, help="validation spectra per condition")
+    parser.add_argument("--draws", type=int, default=48, help="redshifts per real spectrum")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="zwarn.json")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    model = zfast.load_model(args.checkpoint, "cpu")
+    c = training_config.config_from_dict(checkpoint.read(args.checkpoint).config)
+    library = load_library(c.library)
+    val = validation(model, c, library, args.n_val)
+    threshold = choose_threshold(val)
+    print(f"DELTACHI2_MIN chosen on validation: {threshold}  (zfast.flags.DELTACHI2_MIN = {flags.DELTACHI2_MIN})")
+    sets = {f"validation/{k}": v for k, v in val.items()}
+    for (split, condition), (flux, ivar, z, _) in paper_table.test_sets(c, library, args.n).items():
+        noise = paper_table.CONDITIONS.get(condition, paper_table.CONDITIONS["euclid"])
+        sets[f"{split}/{condition}"] = (z, predict(model, Instrument.preset(c.instrument, noise).wavelength, flux, ivar))
+    sets.update(real_sets(model, args.draws, args.seed))
+    report = {"checkpoint": str(args.checkpoint), "threshold": threshold, "shipped_threshold": flags.DELTACHI2_MIN,
+              "sets": {}}  # fmt: skip
+    print(f"| set | n | η all | ZWARN=0 share | purity | completeness | (threshold {threshold}) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, (z, result) in sets.items():
+        row = purity(z, result, threshold)
+        row["at_shipped"] = purity(z, result, flags.DELTACHI2_MIN)
+        report["sets"][name] = row
+        print(f"| {name} | {row['n']} | {100 * row['eta_all']:.1f} % | {100 * row['n_zwarn0'] / max(1, row['n']):.1f} % | "
+              f"{100 * row['purity']:.2f} % | {100 * row['completeness']:.1f} % |")  # fmt: skip
+    report["seconds"] = time.perf_counter() - started
+    pathlib.Path(args.out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
