@@ -35,7 +35,7 @@ import torch
 Z_RANGE_MARGIN = 0.005  # share of the trained range at either end that raises flag_z_range
 OUTSIDE_THRESHOLD = 0.5  # P(outside the trained range) above which flag_z_range is raised
 MIN_VALID = 0.5  # default share of the model's pixels that must be valid
-DELTACHI2_MIN = 6.0  # 2·ln(P_1/P_2) below which SMALL_DELTA_CHI2 is raised (docs/catalogue.md: how it was chosen)
+DELTACHI2_MIN = 5.5  # 2·ln(P_1/P_2) below which SMALL_DELTA_CHI2 is raised: chosen on validation (docs/catalogue.md)
 DISAGREE_DZ = 0.01  # |z - z_template| / (1+z) above which FIT_DISAGREES is raised
 
 

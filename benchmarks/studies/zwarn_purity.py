@@ -4,7 +4,8 @@ completeness of ZWARN = 0 on every test set.
 Purity: the share of ZWARN = 0 spectra with |Δz|/(1+z) <= 0.01 (1 - their outlier rate η). Completeness: the share
 of all spectra that get ZWARN = 0 and are right. The threshold DELTACHI2_MIN is the smallest of a grid (0 to 60 in
 steps of 0.25) for which the validation spectra (the run's validation SEDs; noiseless, white SNR 10, SNR 3 and
-Euclid-like noise) reach >= 99 % purity in every noise condition; the other ZWARN bits are as ``zfast.flags``
+Euclid-like noise) reach >= 99.5 % purity in every noise condition (a margin over the 99 % promised, for the
+sampling of 2,048 spectra per condition); the other ZWARN bits are as ``zfast.flags``
 sets them. Test sets: the run's test SEDs under the same four conditions, the Euclid-like target sample
 (Hα + [NII] above the survey's limit), the held-out recipe where the run has one, and the real galaxies of
 ``real_galaxies.py`` (MaNGA spaxels, MaStar SSPs, Kinney-Calzetti; noiseless, SNR 10, SNR 10 with 10 % of the
@@ -36,7 +37,7 @@ from zfast.training import config as training_config  # noqa: E402
 from zfast.training.streams import augmented  # noqa: E402
 
 THRESHOLDS = np.arange(0.0, 60.0001, 0.25)
-TARGET_PURITY = 0.99
+TARGET_PURITY = 0.995  # on validation: 0.5 % above the promise, for sampling (±0.2 % at 99 % with 2,048 spectra)
 VALIDATION_SEED = 61_000  # not the test sets' (paper_table.TEST_SEED) nor the run's own validation seed
 REAL_CONDITIONS = ("noiseless", "snr10", "snr10_masked10", "snr3")
 
@@ -71,9 +72,9 @@ def validation(model, c, library, n: int) -> dict:
     return out
 
 
-def choose_threshold(sets: dict) -> float:
+def choose_threshold(sets: dict, target: float = TARGET_PURITY) -> float:
     for threshold in THRESHOLDS:
-        if all(purity(z, r, threshold)["purity"] >= TARGET_PURITY for z, r in sets.values()):
+        if all(purity(z, r, threshold)["purity"] >= target for z, r in sets.values()):
             return float(threshold)
     return float("nan")
 
@@ -101,6 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-val", type=int, default=2048, help="validation spectra per condition")
     parser.add_argument("--draws", type=int, default=48, help="redshifts per real spectrum")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=TARGET_PURITY, help="purity ZWARN = 0 must reach on validation")
     parser.add_argument("--out", default="zwarn.json")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
     c = training_config.config_from_dict(checkpoint.read(args.checkpoint).config)
     library = load_library(c.library)
     val = validation(model, c, library, args.n_val)
-    threshold = choose_threshold(val)
+    threshold = choose_threshold(val, args.target)
     print(f"DELTACHI2_MIN chosen on validation: {threshold}  (zfast.flags.DELTACHI2_MIN = {flags.DELTACHI2_MIN})")
     sets = {f"validation/{k}": v for k, v in val.items()}
     for (split, condition), (flux, ivar, z, _) in paper_table.test_sets(c, library, args.n).items():
