@@ -67,6 +67,8 @@ def predict_file(model: Model, input_path, output_path, *, pz: bool = False, air
     done, flagged, started, seen, duplicated = 0, 0, time.perf_counter(), set(), False
     with open_spectra(input_path, input_format, **(reader_options or {})) as source:
         if source.knows_units:
+            if air or flux_unit != "flam":
+                warnings.warn(f"{source.path}: --air / --flux-unit ignored: the {source.format} reader knows its file's units", stacklevel=2)
             air, flux_unit = False, "flam"
         check_coverage(model, source.wavelength(), min_valid, air)
         with atomic_path(output_path, make_parents=False, exclusive=not overwrite) as temporary:
