@@ -135,3 +135,14 @@ def test_a_file_no_reader_knows_names_every_reader(tmp_path):
         open_spectra(path, "redrock")
     with pytest.raises(SystemExit):  # argparse refuses an unknown --format before any work
         predict_cli.main(["--checkpoint", "x.pt", "--input", str(path), "--output", str(tmp_path / "z.csv"), "--format", "nope"])
+
+
+def test_a_real_desi_file_through_the_cli_fails_with_the_coverage_error_and_writes_nothing(trained, tmp_path, capsys):
+    import pathlib
+
+    desi = pathlib.Path(__file__).parent / "data" / "desi" / "coadd-4-80613-thru20210324.fits.gz"
+    with pytest.raises(SystemExit) as error:
+        predict_cli.main(["--checkpoint", str(trained[0]), "--input", str(desi), "--output", str(tmp_path / "z.csv"), "--device", "cpu"])
+    message = str(error.value)
+    assert "(desi file)" in message and "3599.6-9824.4" in message and "trained for" in message and "\n" not in message
+    assert not list(tmp_path.iterdir())

@@ -70,7 +70,14 @@ def predict_file(model: Model, input_path, output_path, *, pz: bool = False, air
             if air or flux_unit != "flam":
                 warnings.warn(f"{source.path}: --air / --flux-unit ignored: the {source.format} reader knows its file's units", stacklevel=2)
             air, flux_unit = False, "flam"
-        check_coverage(model, source.wavelength(), min_valid, air)
+        try:
+            check_coverage(model, source.wavelength(), min_valid, air)
+        except ValueError as error:
+            if not source.knows_units:
+                raise
+            raise ValueError(f"{source.path} ({source.format} file): {str(error).split(' (are the')[0]}; this model was trained "
+                             f"for {model.instrument.name}: predicting these spectra needs a model trained for their "
+                             "instrument (docs/training.md)") from error  # fmt: skip
         with atomic_path(output_path, make_parents=False, exclusive=not overwrite) as temporary:
             table = open_table(temporary, output_path.suffix.lower(), pz, columns)
             try:
