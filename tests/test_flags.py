@@ -45,6 +45,7 @@ def _result(n, generator):
 
 def test_zwarn_sets_each_bit_by_its_own_rule(generator):
     result = _result(400, generator)
+    result["z"][:3], result["z"][3:6] = 1.001, 1.799  # at the ends: Z_FITLIMIT exercised on every seed
     word = flags.zwarn(result, (1.0, 1.8), min_valid=0.5)
     z, f = result["z"], result["valid_fraction"]
     expected = {"LITTLE_COVERAGE": (f > 0) & (f < 0.5), "NODATA": f == 0,

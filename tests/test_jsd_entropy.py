@@ -208,8 +208,9 @@ def test_huge_finite_logits_give_the_true_loss(generator, monkeypatch, dtype, sc
     half = 0.5 * limit
     logits = (torch.randn(batch, n_classes, dtype=torch.float64, generator=generator) * scale).clamp(-half, half)
     winner = torch.randint(0, n_classes, (batch,), generator=generator)
-    logits[torch.arange(batch), winner] = limit  # a unique winner, far above the rest
+    winner[:4] = torch.randint(2, n_classes, (4,), generator=generator)  # not under the -limit columns below
     logits[:4, :2] = -limit  # x_c - max x = -2 * limit: -inf unless floored
+    logits[torch.arange(batch), winner] = limit  # a unique winner, far above the rest
     logits = logits.to(dtype)
     target = random_target(generator, batch, n_classes, kind="soft", dtype=dtype)
     target[12:] = random_target(generator, batch - 12, n_classes, kind="box", dtype=dtype)

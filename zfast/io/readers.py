@@ -36,7 +36,17 @@ def open_spectra(path, format: Optional[str] = None, **options):
         return chosen[0].open(path, **options)
     probe = Probe(path)
     for candidate in formats:
-        if candidate.sniff(probe):
+        if _sniffs(candidate, probe):
             return candidate.open(path, **options)
     listed = "; ".join(f"{f.name}: {f.looks_for}" for f in formats)
     raise ValueError(f"{path}: no reader recognises this file ({listed})")
+
+
+def _sniffs(candidate, probe) -> bool:
+    """``candidate.sniff(probe)``; a file that cannot even be sniffed (a broken FITS card, ...) is not its format:
+    the zfast reader, last, names what is wrong with it."""
+    try:
+        return bool(candidate.sniff(probe))
+    except Exception:  # noqa: BLE001 - sniffing never decides an error; reading does
+        return False
+
