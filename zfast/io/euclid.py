@@ -20,12 +20,14 @@ import numpy as np
 
 from ..units import to_angstrom
 from .desi import damaged, open_fits
+from .fitsindex import FitsIndex, FitsStructureError
 from .formats import Chunk, Format, padded_rows
 from .spectra import damaged_errors
 
 DEFAULT_BAD_BITS = 1 | ~63  # NOT_USE (bit 0) and ABS_FLUX (bit 6) and every bit above
 SIGNAL_COLUMNS = ("WAVELENGTH", "SIGNAL", "MASK", "VAR")
 _GROUP = re.compile(r"^(\d+)_(META|COMBINED1D_SIGNAL)$")
+_GROUP_BYTES = rb"(?i:(\d+)_(META|COMBINED1D_SIGNAL))"
 
 
 def _open_fits(path: Path):
@@ -53,8 +55,9 @@ def spectrum_of(path: Path, hdu, bad_bits: int) -> tuple[np.ndarray, np.ndarray,
     return wave, np.where(good, signal, np.nan), np.where(good, 1.0 / np.where(good, var, 1.0), 0.0)
 
 
-class SIRTile:
-    """A Euclid SIR per-tile combined-spectra file (module docstring; the reader contract of zfast.io.formats)."""
+class AstropyTile:
+    """A Euclid SIR per-tile file read through astropy (module docstring; the reader contract of
+    zfast.io.formats): for what ``SIRTile`` does not map (a gzipped tile, columns it does not decode)."""
 
     format = "euclid-sir"
     knows_units = True
@@ -130,7 +133,162 @@ class SIRTile:
         self.close()
 
 
-class SIRSingle(SIRTile):
+class NotMapped(Exception):
+    """The tile holds what ``zfast.io.fitsindex`` does not decode: ``open_tile`` reads it with astropy."""
+
+
+def open_tile(path, sir_bad_bits: int = DEFAULT_BAD_BITS, **options):
+    """The reader for a SIR tile: ``SIRTile`` (mapped), or ``AstropyTile`` for a gzipped tile or one whose
+    columns the mapped reader does not decode."""
+    if not str(path).lower().endswith(".gz"):
+        try:
+            return SIRTile(path, sir_bad_bits, **options)
+        except NotMapped:
+            pass
+    return AstropyTile(path, sir_bad_bits, **options)
+
+
+class SIRTile:
+    """A Euclid SIR per-tile file, memory-mapped and indexed by ``zfast.io.fitsindex`` (the module docstring's
+    rules; the reader contract of zfast.io.formats). The objects' tables are alike, so their layout is parsed once
+    and each chunk's spectra are read as one array; a tile this does not map is read by ``AstropyTile``."""
+
+    format = "euclid-sir"
+    knows_units = True
+
+    def __init__(self, path, sir_bad_bits: int = DEFAULT_BAD_BITS, **options):
+        self.path, self.bad_bits = Path(path), int(sir_bad_bits)
+        try:
+            self.index = FitsIndex(self.path)
+        except (FitsStructureError, OSError) as error:
+            raise damaged(self.path, error, "Euclid SIR") from error
+        hdus, matches = self.index.matching("EXTNAME", _GROUP_BYTES)
+        groups: dict = {}
+        for hdu, match in zip(hdus, matches):
+            groups.setdefault(int(match.group(1)), {})[match.group(2).decode().upper()] = hdu
+        if not groups:
+            self.close()
+            raise ValueError(f"{self.path}: a SIR tile with no <k>_META / <k>_COMBINED1D_SIGNAL HDUs")
+        self.numbers = sorted(groups)  # each object's <k>
+        ordered = [groups[k] for k in self.numbers]
+        self.n_spectra = len(ordered)
+        n_obj = self.index.header(0).get("N_OBJ")
+        if isinstance(n_obj, int) and n_obj != self.n_spectra:
+            warnings.warn(f"{self.path}: N_OBJ = {n_obj} but {self.n_spectra} objects found; reading those found", stacklevel=2)
+        meta = np.array([g.get("META", -1) for g in ordered], dtype=np.int64)
+        signal = np.array([g.get("COMBINED1D_SIGNAL", -1) for g in ordered], dtype=np.int64)
+        self.ids = self._ids(meta)
+        rows = self.index.naxis[np.maximum(signal, 0), 1]
+        self.signal = np.where((meta >= 0) & (signal >= 0) & (rows > 0), signal, -1)  # -1: a bad row
+        readable = np.flatnonzero(self.signal >= 0)
+        self.layouts, self.layout_of = [], np.full(self.n_spectra, -1, dtype=np.int64)  # each object's, by number
+        numbered: dict = {}
+        for i, layout in zip(readable.tolist(), self.index.table_layouts(self.signal[readable])):
+            if layout is None:
+                self.close()
+                raise NotMapped(f"{self.path}: HDU {int(self.signal[i])} holds columns fitsindex does not decode")
+            if id(layout) not in numbered:
+                self._check(layout, int(self.signal[i]))
+                numbered[id(layout)] = len(self.layouts)
+                self.layouts.append(layout)
+            self.layout_of[i] = numbered[id(layout)]
+        self.rows = np.where(self.signal >= 0, rows, 0)
+        self.fscale = self.index.floats("FSCALE", 1.0)
+
+    def _check(self, layout, hdu: int):
+        missing = [c for c in SIGNAL_COLUMNS if c not in layout.columns]
+        if missing:
+            name = self.index.strings("EXTNAME")[hdu]
+            self.close()
+            raise ValueError(f"{self.path}: HDU {name} has no column {', '.join(missing)} (a SIR signal table needs {', '.join(SIGNAL_COLUMNS)})")
+
+    def _ids(self, meta: np.ndarray) -> np.ndarray:
+        """OBJ_ID of each object (its META table's first row), -1 where there is none."""
+        ids = np.full(len(meta), -1, dtype=np.int64)
+        has = np.flatnonzero((meta >= 0) & (self.index.naxis[np.maximum(meta, 0), 1] > 0))
+        layouts = self.index.table_layouts(meta[has])
+        for layout in {id(x): x for x in layouts if x is not None and "OBJ_ID" in x.columns}.values():
+            members = has[[x is layout for x in layouts]]
+            first_rows = self.index.first_rows(meta[members], layout)
+            ids[members] = layout.values(first_rows, "OBJ_ID")
+        return ids
+
+    def _read(self, objects: list) -> list:
+        """[(members, wavelength [n, M] Å, flux [n, M], ivar [n, M])] float64 for the readable ``objects``, one
+        entry per group of one layout and length, each read as one array."""
+        objects = np.asarray(objects, dtype=np.int64)
+        if not len(objects):
+            return []
+        kinds, which = np.unique(np.stack([self.layout_of[objects], self.rows[objects]], axis=1), axis=0, return_inverse=True)
+        out = []
+        for kind in range(len(kinds)):
+            members = objects[which.ravel() == kind]
+            layout = self.layouts[int(kinds[kind, 0])]
+            hdus = self.signal[members]
+            records = self.index.tables(hdus, layout)  # [n, M]
+            unit = layout.columns["WAVELENGTH"].unit or None
+            wave = to_angstrom(layout.values(records, "WAVELENGTH", np.float64), unit,
+                               f"{self.path}: HDU {self.numbers[members[0]]}_COMBINED1D_SIGNAL, column WAVELENGTH")  # fmt: skip
+            scale = self.fscale[hdus][:, None]
+            flux = layout.values(records, "SIGNAL", np.float64)
+            var = layout.values(records, "VAR", np.float64)
+            good = (layout.values(records, "MASK", np.int64) & self.bad_bits) == 0
+            good &= var > 0
+            good &= var < np.inf
+            good &= np.isfinite(flux)
+            bad = ~good
+            flux *= scale
+            np.putmask(flux, bad, np.nan)
+            with np.errstate(divide="ignore", over="ignore"):
+                ivar = np.reciprocal(var, out=var)
+            ivar *= 1.0 / scale**2
+            np.putmask(ivar, bad, 0.0)
+            out.append((members, wave, flux, ivar))
+        return out
+
+    def wavelength(self) -> np.ndarray:
+        """The first readable object's grid, widened to the range of every object's (for the coverage check)."""
+        readable = np.flatnonzero(self.signal >= 0).tolist()
+        if not readable:
+            return np.linspace(11900.0, 19000.0, 531)  # nothing readable: every row comes out bad
+        groups = self._read(readable)
+        lo, hi = min(g[1][:, 0].min() for g in groups), max(g[1][:, -1].max() for g in groups)
+        first = groups[0][1][0]
+        step = float(np.median(np.diff(first)))
+        return np.arange(lo, hi + 0.5 * step, step)
+
+    def chunks(self, size: int):
+        for start in range(0, self.n_spectra, size):
+            stop = min(start + size, self.n_spectra)
+            readable = (start + np.flatnonzero(self.signal[start:stop] >= 0)).tolist()
+            groups = self._read(readable)
+            ids, bad = self.ids[start:stop].copy(), self.signal[start:stop] < 0
+            if len(groups) == 1 and not bad.any() and (groups[0][1] == groups[0][1][0]).all():
+                _, wave, flux, ivar = groups[0]  # every row read, on one grid: the arrays as they are
+                yield Chunk(ids, wave[0], flux, ivar, bad)
+                continue
+            rows = {}
+            for members, wave, flux, ivar in groups:
+                rows.update({i: (wave[r], flux[r], ivar[r]) for r, i in enumerate(members.tolist())})
+            template = rows[readable[0]][0] if readable else self.wavelength()
+            empty = (template, np.full(template.shape, np.nan), np.zeros(template.shape))
+            rows = [rows.get(i, empty) for i in range(start, stop)]
+            wave, flux, ivar = padded_rows([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+            yield Chunk(ids, wave, flux, ivar, bad)
+
+    def close(self):
+        index, self.index = getattr(self, "index", None), None
+        if index is not None:
+            index.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SIRSingle(AstropyTile):
     """A single-object SIR table (FITS: the first binary table with the SIGNAL columns; OBJ_ID from its header or
     the primary's, else 0)."""
 
@@ -177,6 +335,6 @@ def _sniff_single(probe) -> bool:
         return False
 
 
-FORMAT = Format("euclid-sir", "FITS primary header FITS_DEF = 'sir.combinedSpectra' (a SIR per-tile file)", _sniff_tile, SIRTile)
+FORMAT = Format("euclid-sir", "FITS primary header FITS_DEF = 'sir.combinedSpectra' (a SIR per-tile file)", _sniff_tile, open_tile)
 SINGLE_FORMAT = Format("euclid-sir-single", "a FITS binary table with WAVELENGTH, SIGNAL, MASK, VAR columns (one SIR spectrum)",
                        _sniff_single, SIRSingle)  # fmt: skip
