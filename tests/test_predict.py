@@ -434,6 +434,7 @@ def test_template_columns_fit_every_spectrum_with_a_library(trained, model, test
         rows = list(csv.DictReader(stream))
     np.testing.assert_allclose([float(r["Z_TEMPLATE"]) for r in rows], api["z_template"].numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose([float(r["TEMPLATE_SED"]) for r in rows], api["template_sed"].numpy())
+    np.testing.assert_allclose([float(r["DELTACHI2_TEMPLATE"]) for r in rows], api["template_deltachi2"].numpy(), rtol=1e-6)
     with pytest.raises(SystemExit, match="zfast-predict"):
         predict_cli.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.npz"), "--output",
                         str(tmp_path / "bad.csv"), "--templates", str(tmp_path / "missing.h5"), "--device", "cpu"])  # fmt: skip
@@ -443,7 +444,7 @@ def test_template_columns_fit_every_spectrum_with_a_library(trained, model, test
     dead[1] = 0
     masked = zfast.predict(model, instrument.wavelength, flux[:3], dead, templates=(library, torch.unique(raw_sed)))
     assert masked["flag_few_pixels"].tolist() == [False, True, False]
-    assert masked["z_template"][1].isnan() and masked["template_rchi2"][1].isnan()
+    assert masked["z_template"][1].isnan() and masked["template_rchi2"][1].isnan() and masked["template_deltachi2"][1].isnan()
     assert not masked["z_template"][[0, 2]].isnan().any()
     with pytest.raises(TypeError, match="templates must be"):
         zfast.predict(model, instrument.wavelength, flux[:2], ivar[:2], templates=42)

@@ -283,3 +283,30 @@ def test_fit_groups_and_scale():
     fit = {"log_like_grid": log_like.float(), "z_grid": grid, "z": z, "rchi2": rchi2}
     assert fit_groups(fit).tolist() == [3, 1, 4, 6, 7]
     assert fit_scale(fit).tolist() == [1.5, 0.9, 1.0, 1.0, 1.0]
+
+
+def test_fit_deltachi2_is_the_best_chi2_outside_the_window_less_the_fits():
+    from zfast.template_fit import fit_deltachi2, library_fit_redshift
+
+    library, instrument, flux, ivar, z, _ = _spectra(zfast.NoiseModel("white", snr=(2.0, 8.0)), n=40, seed=int(torch.randint(0, 10**6, ()).item()))
+    seds = torch.arange(0, len(library), 4)
+    fit = library_fit_redshift(library, instrument, flux, ivar, seds, step=4e-3)
+    profile = _reference_grid(library, instrument, seds, flux, ivar, fit["z_grid"])  # float64, one (SED, z) at a time
+    far = (fit["z_grid"][None, :] - fit["z"][:, None]).abs() > 0.01 * (1 + fit["z"][:, None])
+    expected = profile.masked_fill(~far, math.inf).min(dim=1).values - fit["chi2"].double()
+    got = fit_deltachi2(fit)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * float(profile.abs().max()))
+    # What it is for: at low SNR the spectra whose fit is wrong are those with a small Δχ².
+    wrong = ((fit["z"] - z) / (1 + z)).abs() > 0.01
+    assert wrong.any() and (~wrong).any()
+    assert got[wrong].median() < got[~wrong].median()
+
+
+def test_fit_deltachi2_is_large_for_a_noiseless_true_template_and_inf_without_another_z():
+    from zfast.template_fit import fit_deltachi2, library_fit_redshift
+
+    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("white", snr=(50.0, 50.0)), n=6, seed=5)
+    fit = library_fit_redshift(library, instrument, flux, ivar, sed.unique(), step=4e-3)
+    assert (fit_deltachi2(fit) > 25).all()  # one SED family and one z: no other redshift comes close at SNR 50
+    narrow = library_fit_redshift(library, instrument, flux, ivar, sed.unique(), z_range=(1.3, 1.305), step=4e-3)
+    assert torch.isinf(fit_deltachi2(narrow)).all()

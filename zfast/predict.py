@@ -39,13 +39,13 @@ from .flags import MIN_VALID, few_pixels_flag, ood_flag, z_range_flag, zwarn
 from .models import split_outside
 from .ood import ood_features, ood_scores
 from .ops.rebin import cumulative_at, pixel_edges
-from .template_fit import library_fit_redshift
+from .template_fit import fit_deltachi2, library_fit_redshift
 from .units import astropy_arrays
 from .wavelengths import air_to_vacuum
 
 COLUMNS = ("id", "z", "z_err", "z_lo68", "z_hi68", "valid_fraction", "snr", "ood_score", "p_outside",
            "flag_z_range", "flag_few_pixels", "flag_ood")  # fmt: skip
-TEMPLATE_COLUMNS = ("z_template", "z_template_err", "template_sed", "template_rchi2")
+TEMPLATE_COLUMNS = ("z_template", "z_template_err", "template_sed", "template_rchi2", "template_deltachi2")
 CATALOGUE_COLUMNS = ("zprob", "deltachi2", "z_cand", "p_cand", "npixels", "zwarn")
 N_CANDIDATES = 3  # Z_CAND / P_CAND: the best redshift and the next two (zfast.bins.pz_candidates)
 Model = Union[RedshiftModel, EnsembleModel]
@@ -346,8 +346,11 @@ def template_columns(model: Model, normalised: torch.Tensor, ivar: torch.Tensor,
     nan = torch.full_like(rchi2, math.nan)
     # The formal error (Δχ² = 1), widened by sqrt(reduced χ²) where the best template fits worse than the noise.
     error = fit["z_err"] * (rchi2.clamp_min(1.0) if known_noise else rchi2).sqrt()
+    # Δχ² to the best other redshift, in units of the noise the fit sees (χ² scaled by the reduced χ² as the error is).
+    deltachi2 = fit_deltachi2(fit) / (rchi2.clamp_min(1.0) if known_noise else rchi2.clamp_min(1e-300))
     return {"z_template": torch.where(empty, nan, fit["z"]), "z_template_err": torch.where(empty, nan, error),
-            "template_sed": torch.where(empty, nan, fit["sed"].double()), "template_rchi2": torch.where(empty, nan, rchi2)}  # fmt: skip
+            "template_sed": torch.where(empty, nan, fit["sed"].double()), "template_rchi2": torch.where(empty, nan, rchi2),
+            "template_deltachi2": torch.where(empty, nan, deltachi2)}  # fmt: skip
 
 
 # --- the public entry point -------------------------------------------------------------------------------------
@@ -398,7 +401,9 @@ def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux=None, 
             over the model's z range, on the same normalised pixels): an ``SEDLibrary``, a (library, SED indices)
             pair, or a name for ``load_templates`` ("default", "training", a library file). Adds z_template,
             z_template_err (the formal Δχ² = 1 error, times sqrt(template_rchi2) when that is above 1, or always
-            without ``ivar``), template_sed and template_rchi2 (χ² per valid pixel of the best fit).
+            without ``ivar``), template_sed, template_rchi2 (χ² per valid pixel of the best fit) and
+            template_deltachi2 (χ² of the best fit at least 0.01(1+z) away less the best's, over template_rchi2
+            when that is above 1, or always without ``ivar``).
 
     Returns:
         dict of CPU tensors [B]: z, z_err, z_lo68, z_hi68 (float64), valid_fraction, snr, ood_score, p_outside

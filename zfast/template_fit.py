@@ -314,6 +314,20 @@ def fit_confidence(fit: dict, width: float = 0.01) -> torch.Tensor:
     return torch.where(_marginalised(fit), share, 1.0)
 
 
+def fit_deltachi2(fit: dict, width: float = 0.01) -> torch.Tensor:
+    """[B] float64: the χ² of the best fit at another redshift less the fit's own: the smallest χ² (best SED) on
+    the coarse grid outside ±width·(1 + z) of the fitted z, minus ``fit["chi2"]`` (both in the spectrum's ivar
+    units, less the same Σ w f²). redrock's DELTACHI2 with our grid: the second minimum is taken at coarse points
+    (``step`` apart), not refined, so it can only overstate Δχ² by its valley's depth within half a step. Negative
+    when another z fits better by χ² than the valley the marginalised likelihood chose; +inf when the whole grid
+    lies within the window."""
+    z = fit["z"].double().cpu()
+    grid = fit["z_grid"].double().cpu()
+    far = (grid[None, :] - z[:, None]).abs() > width * (1.0 + z[:, None])
+    second = fit["chi2_grid"].double().cpu().masked_fill(~far, math.inf).min(dim=1).values
+    return second - fit["chi2"].double().cpu()
+
+
 def _marginalised(fit: dict) -> torch.Tensor:
     """[B] bool: rows whose valley was chosen by the SED-marginalised likelihood (finite log_like_grid)."""
     return ~torch.isnan(fit["log_like_grid"]).any(dim=1).cpu()

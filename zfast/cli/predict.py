@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--templates", default=None,
-                        help="also fit each spectrum with every SED of a library (columns z_template, z_template_err, template_sed, template_rchi2): "
+                        help="also fit each spectrum with every SED of a library (columns Z_TEMPLATE, ZERR_TEMPLATE, TEMPLATE_SED, TEMPLATE_RCHI2, DELTACHI2_TEMPLATE): "
                              "'training' (the checkpoint's training SEDs), 'default' (the built-in library) or a library file "
                              "(slow: every SED at every redshift; see docs/predict.md)")
     return parser

@@ -44,6 +44,7 @@ TEMPLATE_CATALOGUE = (
     Column("ZERR_TEMPLATE", "z_template_err", "", "its error (Delta chi2 = 1, widened by sqrt(rchi2) > 1)"),
     Column("TEMPLATE_SED", "template_sed", "", "index of the best-fitting SED in the template library"),
     Column("TEMPLATE_RCHI2", "template_rchi2", "", "chi2 per valid pixel of the best template fit"),
+    Column("DELTACHI2_TEMPLATE", "template_deltachi2", "", "chi2 of the best fit over 0.01(1+z) away less the template fit's"),
 )
 
 
