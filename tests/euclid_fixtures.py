@@ -79,3 +79,20 @@ def write_single(path, seed=0, obj_id=42):
     hdu.header["OBJ_ID"] = obj_id
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
     return dict(obj_id=obj_id, **truth)
+
+
+def write_votable(path, seed=0, obj_id=43, unit="um"):
+    """The single-object spectrum as a VOTable: the signal table's columns as FIELDs, FSCALE and OBJ_ID as PARAMs."""
+    from astropy.io.votable.tree import Param, VOTableFile
+    from astropy.table import Table
+
+    rng = np.random.default_rng(seed)
+    hdu, truth = signal_table(rng, name="COMBINED1D_SIGNAL", unit=unit)
+    table = Table({c.name: np.asarray(hdu.data[c.name]) for c in hdu.columns})
+    table["WAVELENGTH"].unit = unit
+    votable = VOTableFile.from_table(table)
+    resource_table = votable.get_first_table()
+    resource_table.params.extend([Param(votable, name="FSCALE", datatype="double", value=hdu.header["FSCALE"]),
+                                  Param(votable, name="OBJ_ID", datatype="long", value=obj_id)])
+    votable.to_xml(str(path))
+    return truth

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("astropy")
 
-from euclid_fixtures import write_single, write_tile  # noqa: E402
+from euclid_fixtures import write_single, write_tile, write_votable  # noqa: E402
 from zfast.io import open_spectra, predict_file  # noqa: E402
 
 
@@ -83,6 +83,23 @@ def test_the_single_object_table(tmp_path):
     assert chunk.ids.tolist() == [42]
     np.testing.assert_allclose(chunk.flux[0], f, rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(chunk.ivar[0], v, rtol=1e-6)
+
+
+def test_the_single_object_votable(tmp_path):
+    truth = write_votable(tmp_path / "one.xml", unit="um")
+    with open_spectra(tmp_path / "one.xml") as reader:
+        assert reader.format == "euclid-sir-votable" and reader.knows_units
+        (chunk,) = list(reader.chunks(5))
+    f, v = expected(truth)
+    assert chunk.ids.tolist() == [43]
+    np.testing.assert_allclose(chunk.wavelength, truth["wave"], rtol=1e-6)  # µm in the FIELD's unit, Å out
+    np.testing.assert_allclose(chunk.flux[0], f, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(chunk.ivar[0], v, rtol=1e-6)
+    (tmp_path / "broken.xml").write_text('<?xml version="1.0"?><VOTABLE><RESOURCE><TABLE><FIELD name="WAVELENGTH" '
+                                         'datatype="float"/><FIELD name="SIGNAL"/><FIELD name="MASK"/><FIELD name="VAR"/>')
+    with pytest.raises(ValueError) as error:
+        open_spectra(tmp_path / "broken.xml")
+    assert "broken.xml" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_tile_predicts_as_the_same_spectra_in_zfasts_own_layout(model, tmp_path):

@@ -41,16 +41,21 @@ def _open_fits(path: Path):
 def spectrum_of(path: Path, hdu, bad_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(wavelength [M] Å, flux [M], ivar [M]) float64 of one COMBINED1D_SIGNAL table (the module's rules)."""
     names = {n.upper(): n for n in hdu.columns.names}
-    missing = [c for c in SIGNAL_COLUMNS if c not in names]
+    columns = {c: hdu.data[names[c]] for c in SIGNAL_COLUMNS if c in names}
+    unit = hdu.columns[names["WAVELENGTH"]].unit if "WAVELENGTH" in names else None
+    return signal_arrays(f"{path}: HDU {hdu.name}", columns, unit, float(hdu.header.get("FSCALE", 1.0)), bad_bits)
+
+
+def signal_arrays(where: str, columns: dict, unit, scale: float, bad_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(wavelength [M] Å, flux [M], ivar [M]) float64 from a SIR table's columns (by upper-case name) and FSCALE
+    (the module's mask rule); ``where`` names the table in errors."""
+    missing = [c for c in SIGNAL_COLUMNS if c not in columns]
     if missing:
-        raise ValueError(f"{path}: HDU {hdu.name} has no column {', '.join(missing)} (a SIR signal table needs {', '.join(SIGNAL_COLUMNS)})")
-    data = hdu.data
-    unit = hdu.columns[names["WAVELENGTH"]].unit
-    wave = to_angstrom(np.asarray(data[names["WAVELENGTH"]], dtype=np.float64).ravel(), unit, f"{path}: HDU {hdu.name}, column WAVELENGTH")
-    scale = float(hdu.header.get("FSCALE", 1.0))
-    signal = np.asarray(data[names["SIGNAL"]], dtype=np.float64).ravel() * scale
-    var = np.asarray(data[names["VAR"]], dtype=np.float64).ravel() * scale**2
-    mask = np.asarray(data[names["MASK"]]).astype(np.int64).ravel()
+        raise ValueError(f"{where} has no column {', '.join(missing)} (a SIR signal table needs {', '.join(SIGNAL_COLUMNS)})")
+    wave = to_angstrom(np.asarray(columns["WAVELENGTH"], dtype=np.float64).ravel(), unit, f"{where}, column WAVELENGTH")
+    signal = np.asarray(columns["SIGNAL"], dtype=np.float64).ravel() * scale
+    var = np.asarray(columns["VAR"], dtype=np.float64).ravel() * scale**2
+    mask = np.asarray(columns["MASK"]).astype(np.int64).ravel()
     good = ((mask & bad_bits) == 0) & np.isfinite(var) & (var > 0) & np.isfinite(signal)
     return wave, np.where(good, signal, np.nan), np.where(good, 1.0 / np.where(good, var, 1.0), 0.0)
 
@@ -313,6 +318,64 @@ class SIRSingle(AstropyTile):
         yield Chunk(np.array([obj_id], dtype=np.int64), wave, flux[None], ivar[None], np.array([not (ivar > 0).any()]))
 
 
+class SIRVOTable:
+    """A single-object SIR spectrum as a VOTable: the first table with the SIGNAL columns (WAVELENGTH's unit
+    honoured); FSCALE and OBJ_ID from its PARAMs where given (else 1 and 0)."""
+
+    format = "euclid-sir-votable"
+    knows_units = True
+
+    def __init__(self, path, sir_bad_bits: int = DEFAULT_BAD_BITS, **options):
+        from astropy.io import votable
+
+        self.path, self.n_spectra = Path(path), 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", votable.exceptions.VOWarning)
+                tables = list(votable.parse(str(self.path)).iter_tables())
+        except Exception as error:  # noqa: BLE001 - astropy's XML and VOTable errors: one line naming the file
+            raise damaged(self.path, error, "VOTable") from error
+        table = next((t for t in tables if all(c in {f.name.upper() for f in t.fields} for c in SIGNAL_COLUMNS)), None)
+        if table is None:
+            raise ValueError(f"{self.path}: no VOTable table with the SIR columns {', '.join(SIGNAL_COLUMNS)}")
+        fields = {f.name.upper(): f for f in table.fields}
+        params = {p.name.upper(): p.value for p in table.params}
+        columns = {name: np.ma.filled(np.ma.asarray(table.array[field.ID or field.name]).astype(np.float64), np.nan)
+                   if name != "MASK" else np.ma.filled(np.ma.asarray(table.array[field.ID or field.name]), 1)
+                   for name, field in fields.items() if name in SIGNAL_COLUMNS}  # fmt: skip
+        unit = fields["WAVELENGTH"].unit
+        self.obj_id = int(params.get("OBJ_ID", 0))
+        self.spectrum = signal_arrays(f"{self.path}: VOTable table {table.ID or table.name or 0}", columns,
+                                      None if unit is None else str(unit), float(params.get("FSCALE", 1.0)), int(sir_bad_bits))  # fmt: skip
+
+    def wavelength(self) -> np.ndarray:
+        return self.spectrum[0]
+
+    def chunks(self, size: int):
+        wave, flux, ivar = self.spectrum
+        yield Chunk(np.array([self.obj_id], dtype=np.int64), wave, flux[None], ivar[None], np.array([not (ivar > 0).any()]))
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _sniff_votable(probe) -> bool:
+    if probe.fits or not probe.path.name.lower().endswith((".xml", ".vot", ".votable")):
+        return False
+    try:
+        with open(probe.path, "rb") as handle:
+            head = handle.read(65536).upper()
+    except OSError:
+        return False
+    return b"<VOTABLE" in head and all(f'NAME="{c}"'.encode() in head for c in SIGNAL_COLUMNS)
+
+
 def _has_signal(hdu) -> bool:
     columns = getattr(hdu, "columns", None)
     return columns is not None and all(c in {n.upper() for n in columns.names} for c in SIGNAL_COLUMNS)
@@ -338,3 +401,5 @@ def _sniff_single(probe) -> bool:
 FORMAT = Format("euclid-sir", "FITS primary header FITS_DEF = 'sir.combinedSpectra' (a SIR per-tile file)", _sniff_tile, open_tile)
 SINGLE_FORMAT = Format("euclid-sir-single", "a FITS binary table with WAVELENGTH, SIGNAL, MASK, VAR columns (one SIR spectrum)",
                        _sniff_single, SIRSingle)  # fmt: skip
+VOTABLE_FORMAT = Format("euclid-sir-votable", "a VOTable (.xml, .vot) with WAVELENGTH, SIGNAL, MASK, VAR fields (one SIR spectrum)",
+                        _sniff_votable, SIRVOTable)  # fmt: skip

@@ -14,7 +14,7 @@ from .formats import Probe
 
 def _formats() -> tuple:
     """FORMATS, most specific first (the zfast layout last: it is what is left)."""
-    return (euclid.FORMAT, euclid.SINGLE_FORMAT, desi.FORMAT, sdss.FORMAT, spectra.FORMAT)
+    return (euclid.FORMAT, euclid.SINGLE_FORMAT, euclid.VOTABLE_FORMAT, desi.FORMAT, sdss.FORMAT, spectra.FORMAT)
 
 
 def format_names() -> tuple:
