@@ -100,6 +100,7 @@ def test_scaled_and_unsigned_columns(tmp_path, generator):
 
 def test_damaged_files_are_refused_naming_the_file(tmp_path, generator):
     random_file(tmp_path / "f.fits", np.random.default_rng(generator.initial_seed()))
+    fits.append(tmp_path / "f.fits", np.zeros(2000))  # the last HDU has data over several blocks: "cut" cuts into it
     data = (tmp_path / "f.fits").read_bytes()
     cases = {"empty.fits": b"", "short.fits": data[:1000], "cut.fits": data[: len(data) - 2880],
              "text.fits": b"hello " * 1000, "noend.fits": data[:2880].replace(b"END" + b" " * 77, b"X" * 80)}
