@@ -19,43 +19,17 @@ refused (ValueError): resampling them would correlate neighbouring pixels, which
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from ..units import to_angstrom
-from .formats import Chunk, Format, is_fits
+from .formats import Chunk, Format, damaged, is_fits, open_fits
 from .spectra import damaged_errors
 
 # A camera's grid lies on the union grid when each of its wavelengths is within this share of a step of it.
 ALIGN_TOLERANCE = 1e-3
-
-
-def damaged(path: Path, error: BaseException, kind: str, where: str = "") -> ValueError:
-    """The one-line ValueError naming the file (and ``where`` in it) for an error of ``damaged_errors()``."""
-    message = (str(error).strip().splitlines() or [""])[0]
-    hint = ", truncated?" if isinstance(error, TypeError) else ""
-    return ValueError(f"{path}: not a readable {kind} file{where}{hint} ({type(error).__name__}: {message})")
-
-
-def open_fits(path: Path):
-    """``path`` opened with astropy, every header read now; OSError if truncated (astropy only warns). Not
-    memory-mapped: astropy cannot scale a mapped image (DESI's uint32 masks carry BZERO), and ``image_rows``
-    reads only the rows asked for anyway. Other warnings are passed on."""
-    from astropy.io import fits
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-    truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
-    if truncated:
-        hdul.close()
-        raise OSError(f"the file is truncated ({truncated[0]})")
-    for warning in caught:
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return hdul
 
 
 def image_rows(hdu, start: int, stop: int) -> np.ndarray:

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..units import to_angstrom
-from .desi import damaged, open_fits
 from .fitsindex import FitsIndex, FitsStructureError
-from .formats import Chunk, Format, padded_rows
+from .formats import Chunk, Format, damaged, open_fits, padded_rows
 from .spectra import damaged_errors
 
 DEFAULT_BAD_BITS = 1 | ~63  # NOT_USE (bit 0) and ABS_FLUX (bit 6) and every bit above

@@ -15,6 +15,7 @@ masked) is yielded all the same, with flux NaN, ivar 0 and ``bad`` True: the cat
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -106,3 +107,29 @@ def padded_rows(grids: list, fluxes: list, ivars: list) -> tuple[np.ndarray, np.
         wave[i, m:] = g[-1] + step * np.arange(1, width - m + 1)
         flux[i, :m], ivar[i, :m] = f, v
     return wave, flux, ivar
+
+
+# --- what the FITS readers share ------------------------------------------------------------------------------
+def damaged(path: Path, error: BaseException, kind: str, where: str = "") -> ValueError:
+    """The one-line ValueError naming the file (and ``where`` in it) for an error of ``damaged_errors()``."""
+    message = (str(error).strip().splitlines() or [""])[0]
+    hint = ", truncated?" if isinstance(error, TypeError) else ""
+    return ValueError(f"{path}: not a readable {kind} file{where}{hint} ({type(error).__name__}: {message})")
+
+
+def open_fits(path: Path):
+    """``path`` opened with astropy, every header read now; OSError if truncated (astropy only warns). Not
+    memory-mapped: astropy cannot scale a mapped image (DESI's uint32 masks carry BZERO), and ``image_rows``
+    (zfast.io.desi) reads only the rows asked for anyway. Other warnings are passed on."""
+    from astropy.io import fits
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+    truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    if truncated:
+        hdul.close()
+        raise OSError(f"the file is truncated ({truncated[0]})")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return hdul

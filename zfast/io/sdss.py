@@ -19,8 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from ..units import angstrom_per_unit
-from .desi import damaged, open_fits
-from .formats import Chunk, Format, is_fits
+from .formats import Chunk, Format, damaged, is_fits, open_fits
 from .spectra import damaged_errors
 
 COADD_COLUMNS = ("loglam", "flux", "ivar", "and_mask")
