@@ -48,15 +48,37 @@ def spectrum_of(path: Path, hdu, bad_bits: int) -> tuple[np.ndarray, np.ndarray,
 def signal_arrays(where: str, columns: dict, unit, scale: float, bad_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(wavelength [M] Å, flux [M], ivar [M]) float64 from a SIR table's columns (by upper-case name) and FSCALE
     (the module's mask rule); ``where`` names the table in errors."""
-    missing = [c for c in SIGNAL_COLUMNS if c not in columns]
+    require_columns(where, columns)
+    wave = to_angstrom(np.asarray(columns["WAVELENGTH"], dtype=np.float64).ravel(), unit, f"{where}, column WAVELENGTH")
+    signal = np.array(columns["SIGNAL"], dtype=np.float64).ravel()
+    var = np.array(columns["VAR"], dtype=np.float64).ravel()
+    flux, ivar = apply_mask_rule(signal, var, np.asarray(columns["MASK"]).astype(np.int64).ravel(), scale, bad_bits)
+    return wave, flux, ivar
+
+
+def require_columns(where: str, names) -> None:
+    """ValueError naming ``where`` and the SIR signal columns missing from ``names`` (upper case)."""
+    missing = [c for c in SIGNAL_COLUMNS if c not in names]
     if missing:
         raise ValueError(f"{where} has no column {', '.join(missing)} (a SIR signal table needs {', '.join(SIGNAL_COLUMNS)})")
-    wave = to_angstrom(np.asarray(columns["WAVELENGTH"], dtype=np.float64).ravel(), unit, f"{where}, column WAVELENGTH")
-    signal = np.asarray(columns["SIGNAL"], dtype=np.float64).ravel() * scale
-    var = np.asarray(columns["VAR"], dtype=np.float64).ravel() * scale**2
-    mask = np.asarray(columns["MASK"]).astype(np.int64).ravel()
-    good = ((mask & bad_bits) == 0) & np.isfinite(var) & (var > 0) & np.isfinite(signal)
-    return wave, np.where(good, signal, np.nan), np.where(good, 1.0 / np.where(good, var, 1.0), 0.0)
+
+
+def apply_mask_rule(signal: np.ndarray, var: np.ndarray, mask: np.ndarray, scale, bad_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flux, ivar) of SIR pixels, any shape, float64, computed in place of ``signal`` and ``var``: flux =
+    SIGNAL·FSCALE and ivar = 1/(VAR·FSCALE²) (``scale`` broadcasts), NaN and 0 where ``mask & bad_bits``, VAR <= 0
+    or not finite, or SIGNAL not finite."""
+    good = (mask & bad_bits) == 0
+    good &= var > 0
+    good &= var < np.inf
+    good &= np.isfinite(signal)
+    bad = ~good
+    signal *= scale
+    np.putmask(signal, bad, np.nan)
+    with np.errstate(divide="ignore", over="ignore"):
+        ivar = np.reciprocal(var, out=var)
+    ivar *= 1.0 / np.square(scale)
+    np.putmask(ivar, bad, 0.0)
+    return signal, ivar
 
 
 class AstropyTile:
@@ -200,11 +222,11 @@ class SIRTile:
         self.fscale = self.index.floats("FSCALE", 1.0)
 
     def _check(self, layout, hdu: int):
-        missing = [c for c in SIGNAL_COLUMNS if c not in layout.columns]
-        if missing:
-            name = self.index.strings("EXTNAME")[hdu]
+        try:
+            require_columns(f"{self.path}: HDU {self.index.strings('EXTNAME')[hdu]}", layout.columns)
+        except ValueError:
             self.close()
-            raise ValueError(f"{self.path}: HDU {name} has no column {', '.join(missing)} (a SIR signal table needs {', '.join(SIGNAL_COLUMNS)})")
+            raise
 
     def _ids(self, meta: np.ndarray) -> np.ndarray:
         """OBJ_ID of each object (its META table's first row), -1 where there is none."""
@@ -233,20 +255,8 @@ class SIRTile:
             unit = layout.columns["WAVELENGTH"].unit or None
             wave = to_angstrom(layout.values(records, "WAVELENGTH", np.float64), unit,
                                f"{self.path}: HDU {self.numbers[members[0]]}_COMBINED1D_SIGNAL, column WAVELENGTH")  # fmt: skip
-            scale = self.fscale[hdus][:, None]
-            flux = layout.values(records, "SIGNAL", np.float64)
-            var = layout.values(records, "VAR", np.float64)
-            good = (layout.values(records, "MASK", np.int64) & self.bad_bits) == 0
-            good &= var > 0
-            good &= var < np.inf
-            good &= np.isfinite(flux)
-            bad = ~good
-            flux *= scale
-            np.putmask(flux, bad, np.nan)
-            with np.errstate(divide="ignore", over="ignore"):
-                ivar = np.reciprocal(var, out=var)
-            ivar *= 1.0 / scale**2
-            np.putmask(ivar, bad, 0.0)
+            flux, ivar = apply_mask_rule(layout.values(records, "SIGNAL", np.float64), layout.values(records, "VAR", np.float64),
+                                         layout.values(records, "MASK", np.int64), self.fscale[hdus][:, None], self.bad_bits)  # fmt: skip
             out.append((members, wave, flux, ivar))
         return out
 
