@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 
 import numpy as np
@@ -13,6 +14,7 @@ import zfast
 from zfast import flags
 from zfast.cli import predict as predict_cli
 from zfast.io import CATALOGUE, open_spectra, predict_file
+from zfast.predict import deltachi2_min
 
 C_AA = 2.99792458e18  # speed of light in Å/s
 
@@ -98,6 +100,12 @@ def test_csv_fits_and_parquet_hold_the_same_catalogue(trained, model, spectra, t
             if expected.ndim == 1:
                 np.testing.assert_allclose([float(r[column.name]) for r in rows], expected, rtol=1e-6, equal_nan=True)
         assert hdul["REDSHIFTS"].header["TCOMM2"].startswith("redshift")
+        # The SMALL_DELTA_CHI2 threshold the rows were flagged with (the model's own; none: every row flagged).
+        threshold = deltachi2_min(model)
+        if math.isfinite(threshold):
+            assert hdul["REDSHIFTS"].header["DCHI2MIN"] == threshold
+        else:
+            assert "DCHI2MIN" not in hdul["REDSHIFTS"].header and (data["ZWARN"] & flags.BIT["SMALL_DELTA_CHI2"]).all()
     assert table["TARGETID"].to_pylist() == ids.tolist()
     assert table.schema.metadata[b"NPIXELS.unit"] == b"pix"
     np.testing.assert_allclose(np.array(table["PZ"].to_pylist()), api["pz"].numpy(), rtol=1e-6)

@@ -66,6 +66,20 @@ def test_zwarn_without_pz_or_templates_never_raises_their_bits(generator):
     assert not ((word & (flags.BIT["SMALL_DELTA_CHI2"] | flags.BIT["FIT_DISAGREES"])) != 0).any()
 
 
+def test_zwarn_uses_the_threshold_it_is_given(generator):
+    result = _result(300, generator)
+    result["deltachi2"][:5] = math.inf  # single-peaked P(z): no second candidate
+    result["deltachi2"][5:10] = math.nan  # no P(z)
+    bit = flags.BIT["SMALL_DELTA_CHI2"]
+    d = result["deltachi2"]
+    for threshold in (0.0, 3.3, 17.0):
+        word = flags.zwarn(result, (1.0, 1.8), deltachi2_min=threshold)
+        assert torch.equal((word & bit) != 0, d < threshold)
+    # Infinite (no threshold made the model's ZWARN = 0 pure): every P(z) flagged, single-peaked ones too.
+    word = flags.zwarn(result, (1.0, 1.8), deltachi2_min=math.inf)
+    assert torch.equal((word & bit) != 0, ~d.isnan())
+
+
 def test_the_boolean_flags_are_their_zwarn_bits(generator):
     result = _result(300, generator)
     result["flag_z_range"] = flags.z_range_flag(result["z"], result["p_outside"], 1.0, 1.8)

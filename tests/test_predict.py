@@ -373,6 +373,7 @@ def test_an_ensemble_file_calibrates_the_mean_pz(trained, second, model, test_sp
     assert isinstance(ensemble, EnsembleModel) and len(ensemble.members) == 2
     temperatures = ensemble.calibration["temperatures"]
     assert temperatures.shape[-1] == len(SNR_EDGES) - 1 and not torch.equal(temperatures, torch.ones_like(temperatures))
+    assert "deltachi2_min" in ensemble.calibration  # its own SMALL_DELTA_CHI2 threshold, for its own P(z)
     plain_mix = zfast.predict([trained[0], second], wave, flux, ivar, pz=True, device="cpu")
     got = zfast.predict(ensemble, wave, flux, ivar, pz=True)
     torch.testing.assert_close(got["z"], plain_mix["z"], atol=1e-9, rtol=0)  # a temperature never moves z

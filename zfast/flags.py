@@ -8,8 +8,9 @@ spectrum in order. ``zfast.predict`` returns three boolean flags (``FLAGS``) and
 | ZWARN bit | name               | raised when                                                                  |
 | --------- | ------------------ | ---------------------------------------------------------------------------- |
 | 1 (2)     | `LITTLE_COVERAGE`  | fewer than `min_valid` (default `MIN_VALID`) of the model's pixels are valid |
-| 2 (4)     | `SMALL_DELTA_CHI2` | DELTACHI2 < `DELTACHI2_MIN` (binned estimators: a second redshift is nearly  |
-|           |                    | as likely; see ``zfast.bins.pz_candidates``)                                 |
+| 2 (4)     | `SMALL_DELTA_CHI2` | DELTACHI2 < the model's threshold (binned estimators: a second redshift is   |
+|           |                    | nearly as likely; ``zfast.bins.pz_candidates``), fitted per model at the end |
+|           |                    | of its run (``zfast.training.thresholds``); `DELTACHI2_MIN` for older files  |
 | 5 (32)    | `Z_FITLIMIT`       | z within `Z_RANGE_MARGIN` of the trained range at either end                 |
 | 9 (512)   | `NODATA`           | no valid pixel at all (every pixel masked, or the file's entry unusable)     |
 | 16        | `OOD`              | the OOD score (``zfast.ood``) is above the checkpoint's threshold            |
@@ -27,6 +28,7 @@ level and test set, in docs/catalogue.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,7 +37,7 @@ import torch
 Z_RANGE_MARGIN = 0.005  # share of the trained range at either end that raises flag_z_range
 OUTSIDE_THRESHOLD = 0.5  # P(outside the trained range) above which flag_z_range is raised
 MIN_VALID = 0.5  # default share of the model's pixels that must be valid
-DELTACHI2_MIN = 5.5  # 2·ln(P_1/P_2) below which SMALL_DELTA_CHI2 is raised: chosen on validation (docs/catalogue.md)
+DELTACHI2_MIN = 5.5  # 2·ln(P_1/P_2) below which SMALL_DELTA_CHI2 is raised for checkpoints without their own (docs/catalogue.md)
 DISAGREE_DZ = 0.01  # |z - z_template| / (1+z) above which FIT_DISAGREES is raised
 
 
@@ -55,7 +57,7 @@ class Bit:
 
 ZWARN_BITS = (
     Bit("LITTLE_COVERAGE", 1, "fewer than min_valid (default 50 %) of the model's pixels are valid"),
-    Bit("SMALL_DELTA_CHI2", 2, f"DELTACHI2 = 2 ln(P_1/P_2) < {DELTACHI2_MIN} (a second redshift nearly as likely)"),
+    Bit("SMALL_DELTA_CHI2", 2, "DELTACHI2 = 2 ln(P_1/P_2) below the model's threshold (a second redshift nearly as likely)"),
     Bit("Z_FITLIMIT", 5, f"z within {Z_RANGE_MARGIN:.1%} of the trained range at either end"),
     Bit("NODATA", 9, "no valid pixel (every pixel masked, or the file's entry unusable)"),
     Bit("OOD", 16, "the out-of-distribution score is above the checkpoint's threshold"),
@@ -95,9 +97,10 @@ def ood_flag(score: torch.Tensor, threshold: Optional[float]) -> torch.Tensor:
     return score > float(threshold)
 
 
-def zwarn(result: dict, z_range: tuple, min_valid: float = MIN_VALID) -> torch.Tensor:
+def zwarn(result: dict, z_range: tuple, min_valid: float = MIN_VALID, deltachi2_min: float = DELTACHI2_MIN) -> torch.Tensor:
     """ZWARN [B] int64 (``ZWARN_BITS``) from a ``zfast.predict`` result: z, valid_fraction, p_outside, flag_ood,
-    and where present deltachi2 (NaN: no P(z), never raised) and z_template (templates on)."""
+    and where present deltachi2 (NaN: no P(z), never raised; below ``deltachi2_min``, the model's own threshold
+    where it has one, raises SMALL_DELTA_CHI2) and z_template (templates on)."""
     z = result["z"]
     margin = Z_RANGE_MARGIN * (z_range[1] - z_range[0])
     fraction = result["valid_fraction"].to(z.device)
@@ -109,7 +112,9 @@ def zwarn(result: dict, z_range: tuple, min_valid: float = MIN_VALID) -> torch.T
         "OUTSIDE_RANGE": result["p_outside"].to(z.device) > OUTSIDE_THRESHOLD,
     }
     if "deltachi2" in result:
-        raised["SMALL_DELTA_CHI2"] = result["deltachi2"].to(z.device) < DELTACHI2_MIN
+        deltachi2 = result["deltachi2"].to(z.device)
+        # An infinite threshold (no DELTACHI2 made the model's ZWARN = 0 pure) flags every P(z), single-peaked too.
+        raised["SMALL_DELTA_CHI2"] = deltachi2 < deltachi2_min if math.isfinite(deltachi2_min) else ~deltachi2.isnan()
     if "z_template" in result:
         raised["FIT_DISAGREES"] = (z - result["z_template"].to(z.device)).abs() > DISAGREE_DZ * (1.0 + z)
     word = torch.zeros(z.shape, dtype=torch.int64, device=z.device)

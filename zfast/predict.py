@@ -35,7 +35,7 @@ from .checkpoint import EnsembleModel, RedshiftModel, load_ensemble, load_model
 from .data.instrument import normalise
 from .data.sed_library import SEDLibrary
 from .data.sets import load_library, run_splits
-from .flags import MIN_VALID, few_pixels_flag, ood_flag, z_range_flag, zwarn
+from .flags import DELTACHI2_MIN, MIN_VALID, few_pixels_flag, ood_flag, z_range_flag, zwarn
 from .models import split_outside
 from .ood import ood_features, ood_scores
 from .ops.rebin import cumulative_at, pixel_edges
@@ -300,6 +300,25 @@ def predict_normalised(model: Model, flux: torch.Tensor, pz: bool = False, snr: 
     return {k: v.cpu() for k, v in result.items()}
 
 
+def _own_threshold(calibration: Optional[dict]) -> Optional[float]:
+    value = (calibration or {}).get("deltachi2_min")
+    return None if value is None else float(value)
+
+
+def deltachi2_min(model: Model) -> float:
+    """The DELTACHI2 below which ``model``'s spectra get SMALL_DELTA_CHI2: its own, fitted with its P(z)
+    calibration (``zfast.training.thresholds``; an ensemble file's for the ensemble's P(z), else the largest of
+    its members'), or ``zfast.flags.DELTACHI2_MIN`` for checkpoints written before thresholds were fitted."""
+    if isinstance(model, EnsembleModel):
+        own = _own_threshold(model.calibration)
+        if own is None:
+            members = [_own_threshold(m.stats.calibration) for m in model.members]
+            own = max(members) if all(t is not None for t in members) else None
+    else:
+        own = _own_threshold(model.stats.calibration)
+    return DELTACHI2_MIN if own is None else own
+
+
 # --- the template fit beside the network ------------------------------------------------------------------------
 def _template_library(templates, model: Model):
     """(SEDLibrary, SED indices or None) for ``load_templates``, before the move to the model's device."""
@@ -365,7 +384,7 @@ def predict_batch(model: Model, wavelength, flux, ivar=None, *, air: bool = Fals
     result["npixels"] = torch.round(fraction * (model.instrument.wave_edges.numel() - 1)).to(torch.int64)
     if templates is not None:
         result.update(template_columns(model, normalised, ivar_n, templates, known_noise=ivar is not None))
-    result["zwarn"] = zwarn(result, model.z_range, min_valid)
+    result["zwarn"] = zwarn(result, model.z_range, min_valid, deltachi2_min(model))
     return result
 
 

@@ -10,10 +10,13 @@ Column names before version 0.3 were lowercase (``id``, ``z``, ``z_err``, ...): 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from ..predict import deltachi2_min
 
 
 class Column(NamedTuple):
@@ -169,13 +172,19 @@ class FITSTable:
 
 
 def describe(header, model) -> None:
-    """The model's z range, bins and checkpoint, in a FITS header."""
+    """The model's z range, bins, checkpoint and SMALL_DELTA_CHI2 threshold, in a FITS header."""
     z_lo, z_hi = model.z_range
     header["ZMIN"] = (z_lo, "first P(z) bin edge")
     header["ZMAX"] = (z_hi, "last P(z) bin edge")
     header["NBINS"] = (int(model.bin_edges.numel() - 1), "P(z) bins")
     header["ESTIMATR"] = model.estimator
     header["CHECKPT"] = Path(model.source).name[:68]
+    if model.estimator != "regression":
+        threshold = deltachi2_min(model)
+        if math.isfinite(threshold):
+            header["DCHI2MIN"] = (threshold, "ZWARN SMALL_DELTA_CHI2: DELTACHI2 below this")
+        else:
+            header["COMMENT"] = "ZWARN SMALL_DELTA_CHI2 on every row: no DELTACHI2 made ZWARN=0 pure enough"
 
 
 class ParquetTable:

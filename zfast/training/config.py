@@ -95,6 +95,7 @@ class Seeds:
     ood_validation: int = 40_000
     calibration_noiseless: int = 45_000
     calibration: int = 46_000
+    deltachi2: int = 47_000  # + condition index (zfast.training.thresholds)
 
 
 SEEDS = Seeds()

@@ -15,6 +15,7 @@ from ..devices import pick_device
 from ..predict import ensemble_outputs
 from .config import config_from_dict
 from .streams import calibration_set, calibration_size, make_instrument
+from .thresholds import fit_deltachi2_min, report_deltachi2_min
 
 SAME_SPLIT = ("library", "split_seed", "holdout_sfh", "train_seds")
 
@@ -31,7 +32,8 @@ def build_ensemble(paths: list, path: Path, device: str = "auto") -> dict:
     """Write an ensemble file of the runs ``paths``: the members' weights and predict stats (no resume state) and
     the ensemble's own per-SNR temperatures, fitted (``fit_temperatures``) to log of the members' mean plain
     softmax on the first member's calibration set (validation SEDs, the same for members of one split): a mixture
-    of calibrated members is too wide when they disagree less than each one's spread. Returns the calibration."""
+    of calibrated members is too wide when they disagree less than each one's spread; and, with them, the
+    ensemble's SMALL_DELTA_CHI2 threshold (``zfast.training.thresholds``). Returns the calibration."""
     if len(paths) < 2:
         raise ValueError(f"an ensemble needs at least two checkpoints, got {len(paths)}")
     dev = pick_device(device)
@@ -49,6 +51,10 @@ def build_ensemble(paths: list, path: Path, device: str = "auto") -> dict:
     plain = torch.cat([ensemble_outputs(ensemble, flux[i:i + 1024], snr[i:i + 1024])["plain"] for i in range(0, flux.shape[0], 1024)])
     calibration = fit_temperatures(torch.log(plain.clamp_min(1e-300)), z, ensemble.bin_edges, snr)
     calibration["calibration_n"] = torch.tensor(calibration_size(c))
+    ensemble.calibration = calibration
+    threshold = fit_deltachi2_min(ensemble, c, library)
+    calibration["deltachi2_min"] = torch.tensor(threshold, dtype=torch.float64)
+    report_deltachi2_min(threshold)
     members = [RunCheckpoint(r.config, r.model, r.step, r.best, None, r.stats) for r in records]
     checkpoints.save(path, EnsembleCheckpoint(members, [str(p) for p in paths], calibration))
     groups = calibration["temperatures"].reshape(-1, len(calibration["snr_edges"]) - 1)

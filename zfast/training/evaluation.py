@@ -4,6 +4,7 @@ outside-the-range flag rates) and the plots of a run folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -16,7 +17,7 @@ from .. import checkpoint as checkpoints
 from .. import plots
 from ..bins import redshift_bin_edges, target_to_z
 from ..calibration import calibrated_summary, fit_temperatures, spectrum_snr
-from ..checkpoint import PredictStats, RunCheckpoint
+from ..checkpoint import PredictStats, RedshiftModel, RunCheckpoint
 from ..devices import pick_device
 from ..files import write_text
 from ..flags import z_range_flag
@@ -26,6 +27,7 @@ from ..ood import fit_ood, ood_features
 from ..data.sets import load_library
 from .config import SEEDS, TrainConfig, config_from_dict
 from .streams import augmented, calibration_set, calibration_size, make_instrument, outside_stream
+from .thresholds import fit_deltachi2_min, report_deltachi2_min
 
 
 @torch.no_grad()
@@ -71,7 +73,8 @@ def _features(model, flux: torch.Tensor, chunk: int = 1024) -> list:
 def fit_predict_stats(c: TrainConfig, model, library, instrument, edges) -> PredictStats:
     """What zfast-predict needs besides the weights: the OOD statistics of the network's layers (training spectra
     for the means and covariances, validation spectra for the scales and the threshold) and, for regression, the
-    validation σ_NMAD that becomes z_err, else the per-SNR P(z) temperatures fitted to ``calibration_set``."""
+    validation σ_NMAD that becomes z_err, else the per-SNR P(z) temperatures fitted to ``calibration_set`` and,
+    with them in place, the model's SMALL_DELTA_CHI2 threshold (``zfast.training.thresholds``), in the same record."""
     n = max(1024, min(4096, c.n_val))
     train_flux = augmented(c, library, instrument, "train").fixed_set(n, seed=SEEDS.ood_train + c.split_seed)[0]
     val_flux, _, val_z, _ = augmented(c, library, instrument, "val").fixed_set(n, seed=SEEDS.ood_validation + c.split_seed)
@@ -88,6 +91,11 @@ def fit_predict_stats(c: TrainConfig, model, library, instrument, edges) -> Pred
         calibration = fit_temperatures(predict_set(model, c, cal_flux, edges)["outputs"], cal_z, edges, spectrum_snr(cal_ivar))
         calibration["calibration_n"] = torch.tensor(calibration_size(c))
         stats.calibration = calibration
+        fitted = RedshiftModel(model, c.estimator, edges, instrument, stats, dataclasses.asdict(c))
+        threshold = fit_deltachi2_min(fitted, c, library)
+        model.train()
+        calibration["deltachi2_min"] = torch.tensor(threshold, dtype=torch.float64)
+        report_deltachi2_min(threshold)
     return stats
 
 
