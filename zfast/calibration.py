@@ -22,7 +22,9 @@ nearest group's.
 
 Shapes: logits [B, K] over redshift bins ``bin_edges`` [K + 1]; z, snr [B]. A fit (stored in the checkpoint) is a
 dict of tensors: "snr_edges" [n_snr + 1], "peak_edges" [n_peak + 1], "temperatures" and "counts" [n_peak, n_snr]
-([n_snr] without peak groups), "calibration_version" (``CALIBRATION_VERSION``).
+([n_snr] without peak groups), "calibration_version" (``CALIBRATION_VERSION``). zfast-train adds
+"deltachi2_min" (float64 scalar: the checkpoint's SMALL_DELTA_CHI2 threshold, ``zfast.training.thresholds``);
+a record without it takes ``zfast.flags.DELTACHI2_MIN``.
 
 zfast-train fits it at the end of a run on validation SEDs (with the training noise, plus noiseless spectra for the
 top bin); evaluation and ``zfast.predict`` apply it. The fit's own sampling error matters: the coverage of n spectra
