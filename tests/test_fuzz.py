@@ -405,7 +405,8 @@ def cli_argv(rng, folder, checkpoints, spectra) -> tuple[list, bool]:
     options = [["--pz"], ["--air"], ["--flux-unit", "fnu"], ["--batch-size", str(rng.choice([1, 2, 5]))],
                ["--min-valid", str(rng.choice([0.0, 0.3, 0.9]))]]  # fmt: skip
     odd = [["--flux-unit", "jy"], ["--batch-size", str(rng.choice([0, -1]))], ["--batch-size", "x"], ["--min-valid", "nan"],
-           ["--min-valid", "1.5"], ["--bogus"], ["--batch", "3"], ["--templates", str(folder / "nolib.npz")], ["--device", "tpu"]]  # fmt: skip
+           ["--min-valid", "1.5"], ["--bogus"], ["--batch", "3"], ["--templates", str(folder / "nolib.npz")], ["--device", "tpu"],
+           ["--template-points", "24"], ["--templates", "default", "--template-points", "0"]]  # fmt: skip
     argv += sum((options[i] for i in rng.permutation(len(options))[: rng.integers(0, 4)]), [])
     if rng.random() < 0.1:
         argv, ok = argv + odd[rng.integers(0, len(odd))], False

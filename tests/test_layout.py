@@ -15,7 +15,7 @@ LAYERS = [
     {"_native", "ops", "wavelengths", "units", "files", "devices"},
     {"bins", "metrics", "calibration", "flags", "plots"},
     {"data"},
-    {"models", "ood", "template_fit"},
+    {"models", "ood", "template_fit", "hybrid"},
     {"checkpoint"},
     {"predict"},
     {"io", "training", "sed"},

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -39,12 +39,15 @@ from .flags import DELTACHI2_MIN, MIN_VALID, few_pixels_flag, ood_flag, z_range_
 from .models import split_outside
 from .ood import ood_features, ood_scores
 from .ops.rebin import cumulative_at, pixel_edges
-from .template_fit import fit_deltachi2, library_fit_redshift
+from .hybrid import scan_points
+from .template_fit import coarse_grid, fit_deltachi2, library_fit_redshift
 from .units import astropy_arrays
 from .wavelengths import air_to_vacuum
 
 COLUMNS = ("id", "z", "z_err", "z_lo68", "z_hi68", "valid_fraction", "snr", "ood_score", "p_outside",
            "flag_z_range", "flag_few_pixels", "flag_ood")  # fmt: skip
+FIT_STEP = 2e-3  # the template fit's coarse z step (``library_fit_redshift``'s default)
+FIT_REFINE = 0  # pairs refined beyond the valley's two: only fit_quantiles needs them (docs/hybrid.md)
 TEMPLATE_COLUMNS = ("z_template", "z_template_err", "template_sed", "template_rchi2", "template_deltachi2")
 CATALOGUE_COLUMNS = ("zprob", "deltachi2", "z_cand", "p_cand", "npixels", "zwarn")
 N_CANDIDATES = 3  # Z_CAND / P_CAND: the best redshift and the next two (zfast.bins.pz_candidates)
@@ -342,24 +345,49 @@ def _template_library(templates, model: Model):
     return SEDLibrary.load(templates), None
 
 
-def load_templates(templates, model: Model):
-    """(SEDLibrary, SED indices or None) on the model's device, for ``predict``'s ``templates``; None for None.
+class Templates(NamedTuple):
+    """A loaded template set (``load_templates``): the library on the model's device, the SED indices to fit with
+    (None: all) and ``points``: None for the full fit, else the coarse z points per spectrum the network's P(z)
+    names (``zfast.hybrid``)."""
+
+    library: SEDLibrary
+    seds: Optional[torch.Tensor]
+    points: Optional[int] = None
+
+
+def load_templates(templates, model: Model, points: Optional[int] = None) -> Optional[Templates]:
+    """``Templates`` on the model's device, for ``predict``'s ``templates``; None for None.
     Names: "default" (the built-in library), "training" (the training SEDs of the checkpoint's own library file
     and split, as zfast-train drew them; an ensemble's first member's), or the path of a library file
-    (``zfast-sed build``)."""
+    (``zfast-sed build``). ``points``: scan only that many coarse z points per spectrum, where the network's P(z)
+    has the most mass (binned models only)."""
     if templates is None:
+        if points is not None:
+            raise ValueError("template_points needs templates (the library to fit with)")
         return None
+    if points is not None:
+        if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or points < 1:
+            raise ValueError(f"template_points must be a positive integer, got {points!r}")
+        if model.estimator == "regression":
+            raise ValueError("template_points: the network must give a P(z) (a binned estimator), this one is a regression")
     library, seds = _template_library(templates, model)
-    return library.to(model.device), None if seds is None else torch.as_tensor(seds).to(model.device)
+    return Templates(library.to(model.device), None if seds is None else torch.as_tensor(seds).to(model.device),
+                     None if points is None else int(points))  # fmt: skip
 
 
-def template_columns(model: Model, normalised: torch.Tensor, ivar: torch.Tensor, templates, known_noise: bool = True) -> dict:
+def template_columns(model: Model, normalised: torch.Tensor, ivar: torch.Tensor, templates: Templates, known_noise: bool = True,
+                     probs: Optional[torch.Tensor] = None) -> dict:  # fmt: skip
     """TEMPLATE_COLUMNS [B] float64 for normalised spectra and their ivar: the best SED and z of
-    ``library_fit_redshift`` over the model's z range; NaN for spectra with fewer than two valid pixels."""
-    library, seds = templates
+    ``library_fit_redshift`` over the model's z range (with ``templates.points``: only at the points of the
+    network's P(z) ``probs`` [B, K], ``zfast.hybrid.scan_points``); NaN for spectra with fewer than two valid pixels."""
+    library, seds, points = templates
+    scan = None
+    if points is not None:
+        grid = coarse_grid(model.z_range, FIT_STEP)
+        scan = scan_points(probs, edges_of(model, probs.device), grid, FIT_STEP, points).to(library.device)
     # Without the user's ivar the χ² scale is unknown: no marginalising over SEDs, and the noise comes from the residuals.
     fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, model.z_range,
-                               marginalise=known_noise)  # fmt: skip
+                               step=FIT_STEP, n_refine=FIT_REFINE, marginalise=known_noise, scan=scan)  # fmt: skip
     rchi2 = fit["rchi2"]
     empty = fit["n_valid"] < 2  # nothing to fit: NaN rather than an arbitrary grid point
     nan = torch.full_like(rchi2, math.nan)
@@ -378,12 +406,16 @@ def predict_batch(model: Model, wavelength, flux, ivar=None, *, air: bool = Fals
     """``predict`` for one batch, the model already loaded and ``templates`` already ``load_templates``'d."""
     normalised, fraction, snr, ivar_n = prepare_spectra(model, wavelength, flux, ivar, air=air, flux_unit=flux_unit,
                                                          return_ivar=True)  # fmt: skip
-    result = predict_normalised(model, normalised, pz, snr)
+    scanning = templates is not None and templates.points is not None
+    result = predict_normalised(model, normalised, pz or scanning, snr)
+    probs = result["pz"] if scanning else None
+    if scanning and not pz:
+        del result["pz"]
     result["valid_fraction"], result["snr"] = fraction, snr
     result["flag_few_pixels"] = few_pixels_flag(fraction, min_valid)
     result["npixels"] = torch.round(fraction * (model.instrument.wave_edges.numel() - 1)).to(torch.int64)
     if templates is not None:
-        result.update(template_columns(model, normalised, ivar_n, templates, known_noise=ivar is not None))
+        result.update(template_columns(model, normalised, ivar_n, templates, known_noise=ivar is not None, probs=probs))
     result["zwarn"] = zwarn(result, model.z_range, min_valid, deltachi2_min(model))
     return result
 
@@ -402,7 +434,7 @@ def resolve_model(model, device=None) -> Model:
 
 def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux=None, ivar=None, *, air: bool = False,
             flux_unit: str = "flam", pz: bool = False, batch_size: int = 1024, min_valid: float = MIN_VALID,
-            device=None, templates=None) -> dict:  # fmt: skip
+            device=None, templates=None, template_points: Optional[int] = None) -> dict:  # fmt: skip
     """Redshifts of real spectra.
 
     Args:
@@ -423,6 +455,9 @@ def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux=None, 
             without ``ivar``), template_sed, template_rchi2 (χ² per valid pixel of the best fit) and
             template_deltachi2 (χ² of the best fit at least 0.01(1+z) away less the best's, over template_rchi2
             when that is above 1, or always without ``ivar``).
+        template_points (int, optional): with ``templates``, the network proposes and the templates confirm: the
+            fit scans only the ``template_points`` coarse z points (of 400) where the network's P(z) has the most
+            mass (``zfast.hybrid``; 24 matched the full fit's accuracy at SNR 10, docs/hybrid.md). Binned models.
 
     Returns:
         dict of CPU tensors [B]: z, z_err, z_lo68, z_hi68 (float64), valid_fraction, snr, ood_score, p_outside
@@ -446,7 +481,7 @@ def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux=None, 
     if flux.shape[0] == 0:
         raise ValueError(f"flux must be a non-empty [n_spectra, n_pixels] array, got shape {tuple(flux.shape)}")
     check_coverage(model, wavelength if wavelength.dim() == 1 else wavelength[0], min_valid, air)
-    templates = load_templates(templates, model)
+    templates = load_templates(templates, model, template_points)
     parts = []
     for start in range(0, flux.shape[0], batch_size):
         rows = slice(start, start + batch_size)

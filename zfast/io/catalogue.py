@@ -52,17 +52,18 @@ def _warn_duplicates(ids, seen: set, path) -> bool:
 
 def predict_file(model: Model, input_path, output_path, *, pz: bool = False, air: bool = False, flux_unit: str = "flam",
                  batch_size: int = 1024, min_valid: float = MIN_VALID, overwrite: bool = False,
-                 progress: Optional[bool] = None, templates=None, input_format: Optional[str] = None,
+                 progress: Optional[bool] = None, templates=None, template_points: Optional[int] = None,
+                 input_format: Optional[str] = None,
                  reader_options: Optional[dict] = None) -> int:  # fmt: skip
     """Predict every spectrum of ``input_path`` and write the catalogue to ``output_path`` (.csv, .fits or .parquet;
     ``zfast.io.tables``), atomically: nothing appears under the name, and nothing is left behind, unless the whole
     file is done. Returns the number of spectra. The reader is chosen from the file (``zfast.io.readers``), or by
     ``input_format``; ``reader_options`` go to it (e.g. ``sir_bad_bits``). Survey readers know their units, so
-    ``air`` and ``flux_unit`` apply only to zfast's own layout. ``templates``: as ``zfast.predict``'s (adds the
-    template-fit columns and ZWARN's FIT_DISAGREES)."""
+    ``air`` and ``flux_unit`` apply only to zfast's own layout. ``templates``, ``template_points``: as
+    ``zfast.predict``'s (adds the template-fit columns and ZWARN's FIT_DISAGREES)."""
     output_path = _checked_output(output_path, overwrite, pz, model)
     progress = sys.stderr.isatty() if progress is None else progress
-    templates = load_templates(templates, model)
+    templates = load_templates(templates, model, template_points)
     columns = catalogue_columns(templates is not None)
     done, flagged, started, seen, duplicated = 0, 0, time.perf_counter(), set(), False
     with open_spectra(input_path, input_format, **(reader_options or {})) as source:

@@ -1,0 +1,162 @@
+"""The network proposes, the templates confirm (zfast.hybrid, library_fit_redshift(scan=...), predict's
+template_points): the points follow P(z)'s mass, the scanned fit is the full fit where it looks, and finds the
+truth when P(z) points at it."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import zfast
+from zfast.cli import predict as predict_cli
+from zfast.hybrid import REACH, scan_points
+from zfast.template_fit import coarse_grid, library_fit_redshift
+
+
+def _reference_masses(probs, edges, grid, step):
+    """P(z) mass within z ± REACH·step of each grid point, float64, by integrating the piecewise-constant density
+    bin by bin (overlap lengths), one row and one point at a time."""
+    p = probs.double() / probs.double().sum(dim=1, keepdim=True)
+    out = np.zeros((p.shape[0], grid.numel()))
+    e = edges.double().numpy()
+    for b in range(p.shape[0]):
+        density = p[b].numpy() / np.diff(e)
+        for k, zk in enumerate(grid.tolist()):
+            lo, hi = zk - REACH * step, zk + REACH * step
+            overlap = np.clip(np.minimum(e[1:], hi) - np.maximum(e[:-1], lo), 0, None)
+            out[b, k] = (density * overlap).sum()
+    return torch.as_tensor(out)
+
+
+@pytest.mark.parametrize("n_bins,n_points", [(800, 24), (397, 1), (123, 7)])
+def test_scan_points_are_the_cells_with_the_most_mass(generator, n_bins, n_points):
+    edges = zfast.redshift_bin_edges(1.0, 1.8, n_bins)
+    step = 2e-3
+    grid = coarse_grid((1.0, 1.8), step)
+    probs = torch.rand(5, n_bins, generator=generator, dtype=torch.float64) ** 8  # peaky, no ties
+    scan = scan_points(probs, edges, grid, step, n_points)
+    assert scan.dtype == torch.bool and scan.shape == (5, grid.numel())
+    assert (scan.sum(dim=1) == n_points).all()
+    masses = _reference_masses(probs, edges, grid, step)
+    for b in range(5):
+        chosen, other = masses[b][scan[b]], masses[b][~scan[b]]
+        assert chosen.min() >= other.max() - 1e-12  # no unchosen cell holds more mass than a chosen one
+    # More points than the grid has: the whole grid.
+    assert scan_points(probs, edges, grid, step, grid.numel() + 3).all()
+
+
+def test_scan_points_follow_a_peak_and_split_between_two(generator):
+    edges = zfast.redshift_bin_edges(1.0, 1.8, 800)
+    grid = coarse_grid((1.0, 1.8), 2e-3)
+    centre = 0.5 * (edges[1:] + edges[:-1])
+    one = torch.exp(-0.5 * ((centre - 1.3137) / 1e-3) ** 2)[None]
+    scan = scan_points(one, edges, grid, 2e-3, 10)
+    picked = grid[scan[0]]
+    assert (picked - 1.3137).abs().max() < 0.012 and (picked - 1.3137).abs().min() < 1.5e-3
+    # Two equal peaks: the points are shared between them.
+    two = one + torch.exp(-0.5 * ((centre - 1.62) / 1e-3) ** 2)[None]
+    picked = grid[scan_points(two, edges, grid, 2e-3, 10)[0]]
+    assert ((picked - 1.3137).abs() < 0.012).sum() == 5 and ((picked - 1.62).abs() < 0.012).sum() == 5
+    with pytest.raises(ValueError, match="n_points"):
+        scan_points(one, edges, grid, 2e-3, 0)
+
+
+def _spectra(noise, n, seed):
+    library = zfast.SEDLibrary.default()
+    instrument = zfast.Instrument.preset("euclid-nisp-red", noise)
+    data = zfast.AugmentedSpectra(library, instrument, split="test", batch_size=n, seed=seed)
+    return library, instrument, *next(data)
+
+
+def test_a_full_scan_is_the_full_fit_and_a_partial_one_is_the_full_fit_where_it_looks(generator):
+    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("white", snr=(8.0, 8.0)), 9, 11)
+    seds = torch.unique(torch.cat([sed, torch.randperm(len(library), generator=generator)[:25]]))
+    step = 4e-3
+    grid = coarse_grid((1.0, 1.8), step)
+    full = library_fit_redshift(library, instrument, flux, ivar, seds, step=step)
+    everywhere = library_fit_redshift(library, instrument, flux, ivar, seds, step=step, scan=torch.ones(9, grid.numel(), dtype=torch.bool))
+    for key in ("z", "sed", "chi2", "z_err", "chi2_grid", "log_like_grid"):
+        torch.testing.assert_close(everywhere[key], full[key], rtol=0, atol=0)
+    # Each spectrum scans a random window of 15 points holding its true z, plus 5 random points.
+    scan = torch.zeros(9, grid.numel(), dtype=torch.bool)
+    for b in range(9):
+        k = int(torch.searchsorted(grid, z[b].double()))
+        scan[b, max(0, k - 7) : k + 8] = True
+        scan[b, torch.randint(0, grid.numel(), (5,), generator=generator)] = True
+    part = library_fit_redshift(library, instrument, flux, ivar, seds, step=step, scan=scan)
+    # Same χ² where scanned, up to float32 matmul blocking (a row subset sums in another order).
+    torch.testing.assert_close(part["chi2_grid"][scan], full["chi2_grid"][scan], rtol=1e-5, atol=1e-3)
+    assert torch.isinf(part["chi2_grid"][~scan]).all() and (part["log_like_grid"][~scan] == -math.inf).all()
+    # The fit's z lies where it looked (within the refinement's reach, 1.05 steps, of a scanned point).
+    reach = ((part["z"][:, None] - grid[None, :]).abs() <= 1.05 * step + 1e-9) & scan  # ±step, then ±step/20
+    assert reach.any(dim=1).all()
+    # At SNR 8 with the true SED present, the windowed fit agrees with the full fit where the full fit is right.
+    right = ((full["z"] - z.double()).abs() / (1 + z.double()) < 0.01)
+    assert right.sum() >= 6
+    torch.testing.assert_close(part["z"][right], full["z"][right], rtol=0, atol=2e-4)
+
+
+def test_the_scan_finds_the_truth_where_pz_points_and_nothing_where_it_does_not():
+    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("none"), 6, 5)
+    edges = zfast.redshift_bin_edges(1.0, 1.8, 800)
+    centre = 0.5 * (edges[1:] + edges[:-1])
+    grid = coarse_grid((1.0, 1.8), 2e-3)
+    seds = torch.unique(sed)
+    pointing = torch.exp(-0.5 * ((centre[None] - z.double()[:, None] - 3e-3) / 2e-3) ** 2)  # off by 3e-3: still found
+    fit = library_fit_redshift(library, instrument, flux, ivar, seds, scan=scan_points(pointing, edges, grid, 2e-3, 12))
+    assert (fit["z"] - z.double()).abs().max() < 2e-5
+    # Pointing 0.2 away: the fit stays in its windows (the network's miss is not silently repaired by a full scan).
+    away = (z.double() + 0.2 - 0.4 * (z.double() > 1.4)).clamp(1.01, 1.79)
+    wrong = torch.exp(-0.5 * ((centre[None] - away[:, None]) / 2e-3) ** 2)
+    fit = library_fit_redshift(library, instrument, flux, ivar, seds, scan=scan_points(wrong, edges, grid, 2e-3, 12))
+    assert ((fit["z"] - away).abs() < 0.02).all()
+
+
+def test_scan_masks_are_checked():
+    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("none"), 2, 1)
+    n = coarse_grid((1.0, 1.8), 2e-3).numel()
+    with pytest.raises(ValueError, match="scan must be a bool"):
+        library_fit_redshift(library, instrument, flux, ivar, sed, scan=torch.ones(2, n - 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="scan must be a bool"):
+        library_fit_redshift(library, instrument, flux, ivar, sed, scan=torch.ones(2, n))
+    empty = torch.ones(2, n, dtype=torch.bool)
+    empty[1] = False
+    with pytest.raises(ValueError, match="at least one"):
+        library_fit_redshift(library, instrument, flux, ivar, sed, scan=empty)
+
+
+def test_predict_with_template_points(model, trained, tmp_path, capsys):
+    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("white", snr=(20.0, 20.0)), 16, 2)
+    templates = (library, torch.unique(sed))
+    full = zfast.predict(model, instrument.wavelength, flux, ivar, templates=templates)
+    hybrid = zfast.predict(model, instrument.wavelength, flux, ivar, templates=templates, template_points=400)
+    torch.testing.assert_close(hybrid["z_template"], full["z_template"], rtol=0, atol=0)  # 400 points: the whole grid
+    assert "pz" not in hybrid  # asked for inside, not returned
+    few = zfast.predict(model, instrument.wavelength, flux, ivar, templates=templates, template_points=24, pz=True)
+    assert few["pz"].shape[0] == 16 and torch.isfinite(few["z_template"]).all()
+    grid = coarse_grid(model.z_range, 2e-3)
+    scanned = scan_points(few["pz"], model.bin_edges, grid, 2e-3, 24)
+    near = ((few["z_template"][:, None] - grid[None, :]).abs() <= 1.05 * 2e-3 + 1e-9) & scanned  # the refinement's reach
+    assert near.any(dim=1).all()
+    with pytest.raises(ValueError, match="needs templates"):
+        zfast.predict(model, instrument.wavelength, flux, ivar, template_points=24)
+    with pytest.raises(ValueError, match="positive integer"):
+        zfast.predict(model, instrument.wavelength, flux, ivar, templates=templates, template_points=0)
+    # The CLI: the same columns as the API; N without --templates, or N < 1, is a usage error naming the option.
+    np.savez(tmp_path / "in.npz", wavelength=instrument.wavelength.numpy(), flux=flux[:5].numpy(), ivar=ivar[:5].numpy())
+    argv = ["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.npz"), "--device", "cpu"]
+    assert predict_cli.main(argv + ["--output", str(tmp_path / "z.csv"), "--templates", "default", "--template-points", "24"]) == 0
+    with open(tmp_path / "z.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    api = zfast.predict(model, instrument.wavelength, flux[:5], ivar[:5], templates="default", template_points=24)
+    np.testing.assert_allclose([float(r["Z_TEMPLATE"]) for r in rows], api["z_template"].numpy(), rtol=0, atol=1e-6)
+    for bad in (["--template-points", "24"], ["--templates", "default", "--template-points", "0"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            predict_cli.main(argv + ["--output", str(tmp_path / "bad.csv")] + bad)
+        assert "--template-points needs --templates" in capsys.readouterr().err
+    assert not (tmp_path / "bad.csv").exists()
