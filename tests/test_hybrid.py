@@ -149,11 +149,14 @@ def test_predict_with_template_points(model, trained, tmp_path, capsys):
     # The CLI: the same columns as the API; N without --templates, or N < 1, is a usage error naming the option.
     np.savez(tmp_path / "in.npz", wavelength=instrument.wavelength.numpy(), flux=flux[:5].numpy(), ivar=ivar[:5].numpy())
     argv = ["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in.npz"), "--device", "cpu"]
-    assert predict_cli.main(argv + ["--output", str(tmp_path / "z.csv"), "--templates", "default", "--template-points", "24"]) == 0
+    assert predict_cli.main(argv + ["--output", str(tmp_path / "z.csv"), "--templates", "default", "--template-points", "1"]) == 0
     with open(tmp_path / "z.csv") as stream:
         rows = list(csv.DictReader(stream))
-    api = zfast.predict(model, instrument.wavelength, flux[:5], ivar[:5], templates="default", template_points=24)
+    api = zfast.predict(model, instrument.wavelength, flux[:5], ivar[:5], templates="default", template_points=1)
     np.testing.assert_allclose([float(r["Z_TEMPLATE"]) for r in rows], api["z_template"].numpy(), rtol=0, atol=1e-6)
+    # One point scanned: no other window was looked at, so DELTACHI2_TEMPLATE is +inf (the full fit's is finite).
+    assert all(math.isinf(float(r["DELTACHI2_TEMPLATE"])) for r in rows)
+    assert torch.isfinite(full["template_deltachi2"][:5]).all()
     for bad in (["--template-points", "24"], ["--templates", "default", "--template-points", "0"]):
         capsys.readouterr()
         with pytest.raises(SystemExit):

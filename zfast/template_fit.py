@@ -204,10 +204,13 @@ def _coarse_scores(library: SEDLibrary, instrument: Instrument, seds: torch.Tens
     wf32, w32 = (weight / w_scale * flux / f_scale).float(), (weight / w_scale).float()
     to_chi2 = (w_scale * f_scale.square()).float()  # scaled χ² -> χ² in the spectrum's own ivar units
     any_marginal = bool(marginal.any())  # else no log-sum-exp pass over every (spectrum, SED) score in the loop
-    if scan is not None and any_marginal:
-        log_like.masked_fill_(~scan & marginal[:, None], -math.inf)
+    scanners = [None] * n_coarse  # per z: the rows that scan it (None: all), found with one host sync, not one per z
+    if scan is not None:
+        if any_marginal:
+            log_like.masked_fill_(~scan & marginal[:, None], -math.inf)
+        scanners = torch.split(scan.T.nonzero()[:, 1], scan.sum(dim=0).tolist())
     for k, zk in enumerate(grid.tolist()):
-        scanning = None if scan is None else scan[:, k].nonzero()[:, 0]
+        scanning = scanners[k]
         if scanning is not None and scanning.numel() == 0:
             continue
         templates = instrument.convolve_lsf(library.redshift_resample(seds, torch.full((seds.numel(),), zk, device=device), edges))

@@ -100,10 +100,7 @@ def main(argv=None) -> int:
     if "real" in args.sets:
         real = real_galaxies.load_real_spectra()
         for condition in REAL_CONDITIONS:
-            setting = real_galaxies.CONDITIONS[condition]
-            instrument = Instrument.preset("euclid-nisp-red", setting["noise"])
-            index, z = real_galaxies.draw(real, instrument, args.draws, args.seed)
-            flux, ivar = real_galaxies.observe(real, instrument, index, z, args.seed + 1, setting.get("mask_fraction", 0.0))
+            instrument, _, z, flux, ivar = real_galaxies.observed_set(real, condition, args.draws, args.seed)
             sets[f"real/{condition}"] = (instrument.wavelength, flux, ivar, z)
     for name, (wave, flux, ivar, z) in sets.items():
         rows = run_set(model, wave, flux, ivar, z, points, args.batch_size)

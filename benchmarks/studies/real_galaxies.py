@@ -233,12 +233,19 @@ def scores(z_true: torch.Tensor, z_pred: torch.Tensor, families: list) -> dict:
     return out
 
 
-def run_condition(real: RealSpectra, condition: str, checkpoints: list, templates, n_draws: int, seed: int,
-                  chi2: bool = True) -> dict:  # fmt: skip
+def observed_set(real: RealSpectra, condition: str, n_draws: int, seed: int) -> tuple:
+    """(instrument, index, z, flux, ivar): ``n_draws`` redshifts per real spectrum (``draw``, ``seed``) observed under
+    ``CONDITIONS[condition]`` (``observe``, ``seed + 1``): the one way every study makes its real-galaxy sets."""
     setting = CONDITIONS[condition]
     instrument = Instrument.preset("euclid-nisp-red", setting["noise"])
     index, z = draw(real, instrument, n_draws, seed)
     flux, ivar = observe(real, instrument, index, z, seed + 1, setting.get("mask_fraction", 0.0))
+    return instrument, index, z, flux, ivar
+
+
+def run_condition(real: RealSpectra, condition: str, checkpoints: list, templates, n_draws: int, seed: int,
+                  chi2: bool = True) -> dict:  # fmt: skip
+    instrument, index, z, flux, ivar = observed_set(real, condition, n_draws, seed)
     families = [real.families[i] for i in index.tolist()]
     wave = instrument.wavelength
     result = {"n": int(index.numel())}

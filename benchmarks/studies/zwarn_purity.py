@@ -85,10 +85,7 @@ def real_sets(model, n_draws: int, seed: int) -> dict:
     real = real_galaxies.load_real_spectra()
     out = {}
     for condition in REAL_CONDITIONS:
-        setting = real_galaxies.CONDITIONS[condition]
-        instrument = Instrument.preset("euclid-nisp-red", setting["noise"])
-        index, z = real_galaxies.draw(real, instrument, n_draws, seed)
-        flux, ivar = real_galaxies.observe(real, instrument, index, z, seed + 1, setting.get("mask_fraction", 0.0))
+        instrument, index, z, flux, ivar = real_galaxies.observed_set(real, condition, n_draws, seed)
         result = predict(model, instrument.wavelength, flux, ivar)
         families = np.array([real.families[i] for i in index.tolist()])
         for family in ["all"] + sorted(set(families)):
