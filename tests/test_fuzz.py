@@ -16,6 +16,7 @@ import signal
 import struct
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ import zfast
 from zfast import checkpoint
 from zfast.calibration import SNR_EDGES
 from zfast.cli import predict as predict_cli
+from zfast.survey.inputs import spectra_stem
 from zfast.flags import FLAGS, any_flag
 from zfast.io.tables import CATALOGUE
 from zfast.io.tables import id_text
@@ -401,6 +403,7 @@ def cli_argv(rng, folder, checkpoints, spectra) -> tuple[list, bool]:
     output = folder / ("out" + suffix if suffix.startswith(".") else {"/": "", "exists": "out.csv", "nofolder": "no/out.csv"}[suffix])
     if suffix == "exists":
         output.write_text("precious\n")
+    suffix_ok = suffix_ok or suffix == "/"  # a folder: the many-input run, one catalogue in it (zfast.survey)
     argv = ["--checkpoint", ckpt, "--input", str(spectra), "--output", str(output), "--device", "cpu"]
     options = [["--pz"], ["--air"], ["--flux-unit", "fnu"], ["--batch-size", str(rng.choice([1, 2, 5]))],
                ["--min-valid", str(rng.choice([0.0, 0.3, 0.9]))]]  # fmt: skip
@@ -442,9 +445,17 @@ def run_cli_case(argv: list, members: dict, model, ok: tuple, folder, capfd) -> 
         code = stop.code
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
+    output = folder / argv[argv.index("--output") + 1]
+    spectra = Path(argv[argv.index("--input") + 1])
     if code == 0:
-        return check_table(folder / argv[argv.index("--output") + 1], members, model, ok[1])
+        if output.is_dir():  # the many-input run: the input's catalogue in the folder, FITS by default
+            return check_table(output / f"{spectra_stem(spectra.name)}.zfast.fits", members, model, ok[1])
+        return check_table(output, members, model, ok[1])
     assert not ok[0], f"valid input refused: exit {code!r} {err}"
+    if output.is_dir() and code == 1:  # the many-input run records the failed input in its manifest, and names it
+        assert f"{spectra}: " in err and "0 inputs done" in err, err
+        assert sorted(p.name for p in folder.rglob("*")) == sorted(before + ["manifest.jsonl"]), "a failed input left files behind"
+        return
     assert sorted(p.name for p in folder.rglob("*")) == before, "a failed run left files behind"
     if code == 2:
         assert err.strip().splitlines()[-1].startswith("zfast-predict: error: "), err

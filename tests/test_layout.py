@@ -18,7 +18,7 @@ LAYERS = [
     {"models", "ood", "template_fit", "hybrid"},
     {"checkpoint"},
     {"predict"},
-    {"io", "training", "sed"},
+    {"io", "training", "sed", "survey"},
     {"cli", "train", "__init__"},
 ]
 MAX_MODULE_LINES = 500

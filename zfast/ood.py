@@ -93,9 +93,12 @@ def features_and_outputs(network: nn.Module, flux: torch.Tensor) -> tuple[torch.
 
 
 def mahalanobis(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """Squared Mahalanobis distance / feature dimension, float64 [B]."""
+    """Squared Mahalanobis distance / feature dimension, float64 [B]. The precision is made row-major first:
+    ``cholesky_inverse`` returns it column-major, and MKL's GEMM with a transposed operand gives last-bit
+    differences between thread counts at some batch sizes, which would break byte-identical catalogues between
+    one process and several workers (docs/survey.md)."""
     centred = features.double() - mean.to(features.device)
-    return ((centred @ precision.to(features.device)) * centred).sum(dim=1) / mean.numel()
+    return ((centred @ precision.to(features.device).contiguous()) * centred).sum(dim=1) / mean.numel()
 
 
 def fit_gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
