@@ -271,14 +271,18 @@ class PzCandidates(NamedTuple):
 
 def window_mass(cdf: torch.Tensor, edges: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """P(lo <= z < hi) [B, K] from the piecewise-linear CDF ``cdf`` [B, C+1] at ``edges`` [C+1], for windows
-    ``lo``, ``hi`` [B, K] (clipped to the edges)."""
+    ``lo``, ``hi`` [B, K], or [K] for windows every row shares (clipped to the edges). Shared windows are located
+    once, not once per row: pz_candidates' window around every bin centre cost 70 ms per 1,024 spectra otherwise."""
     n_bins = edges.numel() - 1
 
     def cdf_at(z):
         z = z.clamp(float(edges[0]), float(edges[-1]))
         k = (torch.searchsorted(edges, z.contiguous()) - 1).clamp(0, n_bins - 1)
         fraction = ((z - edges[k]) / (edges[k + 1] - edges[k])).clamp(0.0, 1.0)
-        below, above = cdf.gather(1, k), cdf.gather(1, k + 1)
+        if z.dim() == 1:
+            below, above = cdf.index_select(1, k), cdf.index_select(1, k + 1)
+        else:
+            below, above = cdf.gather(1, k), cdf.gather(1, k + 1)
         return below + fraction * (above - below)
 
     return (cdf_at(hi) - cdf_at(lo)).clamp_min(0.0)
@@ -296,7 +300,7 @@ def pz_candidates(probs: torch.Tensor, bin_edges, z: torch.Tensor, n: int = 3, h
     p, edges = normalised_probs(probs, bin_edges)
     z = torch.as_tensor(z, dtype=torch.float64, device=p.device)
     cdf = torch.cat([p.new_zeros(p.shape[0], 1), torch.cumsum(p, dim=1)], dim=1)
-    centre = (0.5 * (edges[1:] + edges[:-1])).expand(p.shape[0], -1)
+    centre = 0.5 * (edges[1:] + edges[:-1])  # [C], every row's
     reach = half_width * (1.0 + centre)
     masses = window_mass(cdf, edges, centre - reach, centre + reach)  # [B, C]: the window around each centre
     z_out = torch.full((p.shape[0], n), math.nan, dtype=torch.float64, device=p.device)
@@ -311,7 +315,7 @@ def pz_candidates(probs: torch.Tensor, bin_edges, z: torch.Tensor, n: int = 3, h
         # bin, so the candidate sits on its peak rather than at the plateau's end.
         best = torch.where(free, masses + 1e-9 * p, -1.0).max(dim=1)
         found = best.values >= 0
-        z_out[:, k] = torch.where(found, centre.gather(1, best.indices[:, None])[:, 0], math.nan)
+        z_out[:, k] = torch.where(found, centre[best.indices], math.nan)
         p_out[:, k] = torch.where(found, masses.gather(1, best.indices[:, None])[:, 0], 0.0)
         free &= found[:, None]
     second = p_out[:, 1] if n > 1 else torch.zeros_like(p_out[:, 0])

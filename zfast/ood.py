@@ -64,7 +64,10 @@ def ood_taps(network: nn.Module) -> list:
 def channel_statistics(activation: torch.Tensor) -> torch.Tensor:
     """[B, C, L] -> [B, 2C]: each channel's mean and (population) standard deviation over wavelength."""
     a = activation.float()
-    return torch.cat([a.mean(dim=-1), a.std(dim=-1, correction=0)], dim=1)
+    mean = a.mean(dim=-1, keepdim=True)
+    # Two passes written out: torch.std over rows of 32-256 values is ~6x slower (it was a quarter of predict's time).
+    std = (a - mean).square().mean(dim=-1).sqrt()
+    return torch.cat([mean[..., 0], std], dim=1)
 
 
 def ood_features(network: nn.Module, flux: torch.Tensor, taps: bool = True) -> tuple[list, torch.Tensor]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -29,8 +30,10 @@ import torch
 
 import zfast
 import zfast.io.catalogue as catalogue
-import zfast.predict as predict_module
+from zfast.devices import steady_allocator
 from zfast.io import predict_file
+
+predict_module = importlib.import_module("zfast.predict")  # (zfast.predict the attribute is the function)
 
 SIR_GRID = np.arange(11900.0, 19000.0, 13.4)
 TIMED = {  # stage -> the names in zfast.predict whose calls it is
@@ -172,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-dask", action="store_true")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
+    steady_allocator()  # as zfast-predict does
     model = zfast.load_model(args.checkpoint, "cpu")
     report = {"threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..checkpoint import load_ensemble, load_model
-from ..devices import pick_device
+from ..devices import pick_device, steady_allocator
 from ..flags import MIN_VALID
 from ..io import format_names, predict_file
 from ..io.tables import TABLES
@@ -85,6 +85,7 @@ def main(argv: Optional[list] = None) -> int:
         parser.error(f"--min-valid must be within [0, 1], got {args.min_valid}")
     if args.workers is not None and (args.workers < 1 or args.scheduler is not None):
         parser.error("--workers needs N >= 1 and no --scheduler")
+    steady_allocator()  # freed activations kept for the next batch (zfast.devices)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         single = single_input(args)

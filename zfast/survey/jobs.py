@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from ..checkpoint import load_ensemble, load_model
-from ..devices import pick_device
+from ..devices import pick_device, steady_allocator
 from ..io.catalogue import checked_output, write_catalogue
 from ..predict import load_templates
 from .manifest import catalogue_stamp, input_stamp
@@ -64,6 +64,7 @@ def worker_model(job: Job):
     key = (job.checkpoints, job.device, job.templates, job.template_points)
     if key not in _MODELS:
         _MODELS.clear()  # one run's model at a time
+        steady_allocator()  # (a Dask nanny's MALLOC_TRIM_THRESHOLD_ halves the rate otherwise)
         device = pick_device(worker_device(job.device))
         paths = list(job.checkpoints)
         model = load_model(paths[0], device) if len(paths) == 1 else load_ensemble(paths, device)
