@@ -465,3 +465,33 @@ def test_scattered_bad_pixels_are_scattered_at_uniform_rates(generator, prob):
         zfast.data.Perturbations(bad_pixel_prob=1.5)
     with pytest.raises(ValueError, match="distortion"):
         zfast.data.Perturbations(distortion=-0.1)
+
+
+def test_sed_mixtures_are_two_seds_of_the_split_at_the_drawn_redshift(generator):
+    library = random_library(generator, n_seds=12)
+    quiet = zfast.Instrument.linear("no-lsf", 12060.0, 13.4, 301)  # no LSF, no noise: the spectra are the mixtures
+    split = torch.arange(2, 12)
+    plain = zfast.AugmentedSpectra(library, quiet, split=split, batch_size=400, seed=9)
+    mixing = zfast.AugmentedSpectra(library, quiet, split=split, batch_size=400, seed=9, perturbations=zfast.data.Perturbations(mix_prob=0.5))
+    f0, _, z0, s0 = next(plain)
+    f1, _, z1, s1 = next(mixing)
+    assert torch.equal(z0, z1) and torch.equal(s0, s1)  # the first SED and z are drawn as without mixing
+    same = (f0 == f1).all(dim=1)
+    assert abs(same.double().mean().item() - 0.5) < 0.08  # about half the spectra mixed
+    # Each mixed spectrum is a·(its SED) + b·(another SED of the split) at its z, a, b >= 0; none of SEDs 0-1 (not in the split).
+    edges = quiet.wave_edges.double()
+    rows = torch.nonzero(~same)[:, 0][:60]
+    for row in rows.tolist():
+        every = library.redshift_resample(torch.arange(12), z1[row].expand(12), edges).double()  # [12, M]
+        first = every[s1[row]]
+        best = []
+        for j in range(12):
+            basis = torch.stack([first, every[j]], dim=1)
+            coef = torch.linalg.lstsq(basis, f1[row].double()[:, None]).solution[:, 0]
+            residual = (basis @ coef - f1[row].double()).norm() / f1[row].double().norm()
+            best.append((residual.item(), j, coef))
+        residual, j, coef = min(best, key=lambda item: item[0])
+        second_seen = coef[1] > 1e-4 * coef[0]  # (α near 1: the second SED's share is below what picks it out)
+        assert residual < 1e-5 and (j in split.tolist() or not second_seen) and bool((coef > -1e-6).all()), (row, residual, j, coef)
+    with pytest.raises(ValueError, match="mix_prob"):
+        zfast.data.Perturbations(mix_prob=1.5)

@@ -37,7 +37,7 @@ CHECKPOINT_VERSION = 2
 PathLike = Union[str, os.PathLike]
 # TrainConfig settings added after checkpoints were first written, with the value that reproduces those runs
 # (no outside output, no realism perturbations).
-LEGACY_CONFIG = {"outside_prob": 0.0, "bad_pixel_prob": 0.0, "distortion": 0.0, "noise_variation": 0.0}
+LEGACY_CONFIG = {"outside_prob": 0.0, "bad_pixel_prob": 0.0, "distortion": 0.0, "noise_variation": 0.0, "sed_mix_prob": 0.0}
 _OOD_KEYS = ("ood_means", "ood_precisions", "ood_scales", "ood_threshold", "ood_mean", "ood_precision")
 
 

@@ -84,17 +84,24 @@ class Perturbations:
         noise_variation (float): rms of ln σ(λ) along the spectrum, a smooth profile of the same form (orders
             1..2), mean ln σ kept: a grism's sensitivity and the sky are not flat across the band, so the
             noise is not either. Needs a noise model.
+        mix_prob (float): share of spectra that are a mixture of two SEDs of the split at the same redshift,
+            ⟨s₁⟩·(α·s₁/⟨s₁⟩ + (1-α)·s₂/⟨s₂⟩) with α ~ U(0, 1) and ⟨·⟩ the mean over the band (the first SED's flux
+            scale kept, for noise models in physical units): real galaxies are composites of
+            populations a library holds only as separate SEDs. The second SED is drawn as the first (same weights).
     """
 
     bad_pixel_prob: float = 0.0
     bad_pixel_max: float = 0.15
     distortion: float = 0.0
     noise_variation: float = 0.0
+    mix_prob: float = 0.0
 
     DISTORTION_ORDER = 3
     NOISE_ORDER = 2
 
     def __post_init__(self):
+        if not (0.0 <= self.mix_prob <= 1.0):
+            raise ValueError(f"mix_prob must be within [0, 1], got {self.mix_prob}")
         if not (0.0 <= self.bad_pixel_prob <= 1.0 and 0.0 <= self.bad_pixel_max < 1.0):
             raise ValueError(f"need 0 <= bad_pixel_prob <= 1 and 0 <= bad_pixel_max < 1, got "
                              f"{self.bad_pixel_prob}, {self.bad_pixel_max}")  # fmt: skip
@@ -105,7 +112,7 @@ class Perturbations:
 
     @property
     def active(self) -> bool:
-        return self.bad_pixel_prob > 0 or self.distortion > 0 or self.noise_variation > 0
+        return self.bad_pixel_prob > 0 or self.distortion > 0 or self.noise_variation > 0 or self.mix_prob > 0
 
 
 @functools.lru_cache(maxsize=16)
@@ -264,13 +271,29 @@ class AugmentedSpectra:
         raise RuntimeError(f"min_line_snr = {self.min_line_snr}: only {n_kept} of {n_spectra} spectra passed after "
                            f"{self.MAX_SELECTION_ROUNDS} rounds of drawing; is Hα within the instrument's band?")
 
-    def _draw(self, n_spectra: int, clean: bool = False):
-        g = self.generator
+    def _pick(self, n_spectra: int, g: torch.Generator) -> torch.Tensor:
+        """SED indices [n] of the split, uniform or by ``sed_weights``."""
         if self.sed_weights is None:
             pick = torch.randint(0, self.sed_indices.numel(), (n_spectra,), generator=g, device=self.device)
         else:
             pick = torch.multinomial(self.sed_weights, n_spectra, replacement=True, generator=g)
-        sed_index = self.sed_indices[pick]
+        return self.sed_indices[pick]
+
+    def _mixed(self, spectra: torch.Tensor, z: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """``spectra`` with a ``mix_prob`` share replaced by mixtures with a second SED at the same z
+        (``Perturbations.mix_prob``); no host synchronisation."""
+        n = spectra.shape[0]
+        other = self.library.redshift_resample(self._pick(n, g), z, self.wave_edges, check=False)
+        alpha = torch.rand(n, 1, generator=g, device=self.device, dtype=spectra.dtype)
+        mixed = torch.rand(n, 1, generator=g, device=self.device) < self.perturbations.mix_prob
+        tiny = torch.finfo(spectra.dtype).tiny
+        level = spectra.mean(dim=1, keepdim=True).clamp_min(tiny)  # the first SED's flux scale is kept (noise models
+        second = other / other.mean(dim=1, keepdim=True).clamp_min(tiny)  # in physical units depend on it)
+        return torch.where(mixed, alpha * spectra + (1 - alpha) * level * second, spectra)
+
+    def _draw(self, n_spectra: int, clean: bool = False):
+        g = self.generator
+        sed_index = self._pick(n_spectra, g)
         u = torch.rand(n_spectra, generator=g, device=self.device, dtype=torch.float64)
         if self.z_prior is None:
             z_lo, z_hi = self.z_range
@@ -282,6 +305,8 @@ class AugmentedSpectra:
         # Validated once at construction (split indices, coverage of z_range): no host sync per batch.
         spectra = self.library.redshift_resample(sed_index, z, self.wave_edges, check=False)
         p = self.perturbations
+        if p.mix_prob > 0:
+            spectra = self._mixed(spectra, z, g)
         if p.distortion > 0:
             spectra = spectra * smooth_log_profile(n_spectra, spectra.shape[1], p.distortion, p.DISTORTION_ORDER, g,
                                                    self.device, spectra.dtype).exp()  # fmt: skip

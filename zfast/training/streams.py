@@ -27,7 +27,8 @@ def perturbations(c: TrainConfig, split: str) -> Perturbations:
     their metrics compare across runs); none for other splits."""
     if split != "train":
         return Perturbations()
-    return Perturbations(c.bad_pixel_prob, c.bad_pixel_max, c.distortion, c.noise_variation if c.noise != "none" else 0.0)
+    return Perturbations(c.bad_pixel_prob, c.bad_pixel_max, c.distortion, c.noise_variation if c.noise != "none" else 0.0,
+                         c.sed_mix_prob)
 
 
 def sed_weights(c: TrainConfig, library: SEDLibrary, split: str):
