@@ -71,3 +71,35 @@ def test_a_worker_killed_mid_run_leaves_every_input_exactly_once(trained, model,
     assert Counter(labels) == {f"tile_{k:03d}.npz": 2500 for k in range(8)} and len(set(ids)) == len(ids) == 20_000
     reference = predict_files([trained[0]], [tmp_path / "in"], tmp_path / "ref", catalogue_format="csv", device="cpu", progress=False)
     assert reference.n_done == 8 and catalogue_bytes(tmp_path / "ref") == catalogue_bytes(tmp_path / "out")
+
+
+def test_an_unreachable_scheduler_is_one_line_naming_it(trained, model, tmp_path, monkeypatch, capsys):
+    from zfast.cli import predict as predict_cli
+    from zfast.survey import engine
+
+    monkeypatch.setattr(engine, "CONNECT_TIMEOUT", "1s")
+    write_inputs(tmp_path / "in", model, sizes=(3,), folders=("a",))
+    with pytest.raises(SystemExit, match=r"--scheduler tcp://127.0.0.1:9: cannot reach the Dask scheduler"):
+        predict_cli.main(["--checkpoint", str(trained[0]), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                          "--scheduler", "tcp://127.0.0.1:9", "--device", "cpu"])  # fmt: skip
+
+
+def test_auto_device_pins_each_worker_to_its_own_gpu(monkeypatch):
+    import torch
+
+    from zfast.survey import jobs
+
+    class Worker:
+        def __init__(self, name):
+            self.name = name
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    seen = []
+    for name in (0, 1, 5, "7"):
+        monkeypatch.setattr(distributed, "get_worker", lambda name=name: Worker(name))
+        seen.append(jobs.worker_device("auto"))
+    assert seen == ["cuda:0", "cuda:1", "cuda:1", "cuda:3"]
+    assert jobs.worker_device("cpu") == "cpu" and jobs.worker_device("cuda:2") == "cuda:2"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert jobs.worker_device("auto") == "auto"  # one GPU: nothing to share out

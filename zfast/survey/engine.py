@@ -16,6 +16,8 @@ from typing import Optional
 
 from .jobs import run_job
 
+CONNECT_TIMEOUT = "30s"  # how long --scheduler waits for the cluster before giving up
+
 
 def _client(scheduler: Optional[str], workers: Optional[int]):
     try:
@@ -24,8 +26,8 @@ def _client(scheduler: Optional[str], workers: Optional[int]):
         raise ImportError("--workers / --scheduler run on dask.distributed: pip install 'zfast[dask]'") from error
     if scheduler is not None:
         try:
-            return Client(scheduler, timeout="30s"), None
-        except OSError as error:
+            return Client(scheduler, timeout=CONNECT_TIMEOUT), None
+        except (OSError, TimeoutError) as error:
             raise OSError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({error})") from error
     cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None,
                            silence_logs=logging.ERROR)  # fmt: skip
