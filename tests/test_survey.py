@@ -228,3 +228,27 @@ def test_a_killed_run_resumes_with_only_what_was_missing(trained, model, tmp_pat
     assert sorted(e["input"] for e in after) == sorted(set(str(p) for p in sorted((tmp_path / "in" / "a").glob("*.npz"))) - {e["input"] for e in before})
     assert f"{len(after)} inputs done, {len(before)} already complete, 0 failed of 6" in result.stderr
     assert not list(out.glob(".*"))  # the killed writer's temporary file was removed
+
+
+def test_predictions_do_not_depend_on_the_cpu_thread_count(model):
+    """What byte-identical catalogues from 1 process and N workers rest on (zfast.devices.serial_linear_layers,
+    the row-major OOD precision): every column equal on 1 and 2 threads, short batches included."""
+    import torch
+
+    import zfast
+
+    g = np.random.default_rng(4)
+    wave = model.instrument.wavelength.double().numpy()
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 5, 6, 7, 9, 10, 11, 17, 40):
+            flux = 1 + 0.1 * g.standard_normal((n, wave.size))
+            results = []
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                results.append(zfast.predict(model, wave, flux, np.full_like(flux, 100.0), pz=True))
+            for key in results[0]:
+                assert torch.equal(results[0][key].nan_to_num(-9.0) if results[0][key].is_floating_point() else results[0][key],
+                                   results[1][key].nan_to_num(-9.0) if results[1][key].is_floating_point() else results[1][key]), (n, key)
+    finally:
+        torch.set_num_threads(threads)
