@@ -65,7 +65,7 @@ def run(kind: str, model, library, flux, ivar, wave, batch: int, points: int, re
         first = library_fit_redshift(library, model.instrument, normalised.double(), ivar_n, reps, model.z_range,
                                      step=FIT_STEP, n_refine=0, scan=scan)  # fmt: skip
         best = first["log_like_grid"].argmax(dim=1)
-        out.append(fit(model, library, normalised, ivar_n, scan=widened(best, grid.numel()) & torch.ones_like(scan)))
+        out.append(fit(model, library, normalised, ivar_n, scan=widened(best, grid.numel())))
     return torch.cat(out)
 
 
