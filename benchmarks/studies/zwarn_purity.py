@@ -13,6 +13,10 @@ other ZWARN bits are as ``zfast.flags`` sets them. Test sets: the run's test SED
 pixels masked, SNR 3).
 
     python benchmarks/studies/zwarn_purity.py runs/quick/best.pt --out zwarn.json
+    python benchmarks/studies/zwarn_purity.py runs/quick/best.pt --templates training --template-points 24 --out zwarn_fit.json
+
+With ``--templates`` every set is also fitted (the hybrid of docs/hybrid.md with ``--template-points``), so ZWARN
+carries FIT_DISAGREES: the purity of ZWARN = 0 is then that of the network's Z where the fit agrees with it.
 """
 
 from __future__ import annotations
@@ -60,8 +64,11 @@ def purity(z_true, result, threshold) -> dict:
             "right_but_flagged": float((~wrong & ~good).double().mean())}  # fmt: skip
 
 
+PREDICT_OPTIONS: dict = {}  # main's --templates / --template-points
+
+
 def predict(model, wave, flux, ivar) -> dict:
-    return zfast.predict(model, wave, flux, ivar, batch_size=512)
+    return zfast.predict(model, wave, flux, ivar, batch_size=512, **PREDICT_OPTIONS)
 
 
 def validation(model, c, library, n: int) -> dict:
@@ -102,8 +109,15 @@ def main(argv=None) -> int:
     parser.add_argument("--draws", type=int, default=48, help="redshifts per real spectrum")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", type=float, default=TARGET_PURITY, help="purity ZWARN = 0 must reach on validation")
+    parser.add_argument("--templates", help="also fit templates (zfast.predict's templates=): ZWARN gets FIT_DISAGREES")
+    parser.add_argument("--template-points", type=int, help="with --templates: the hybrid's points (docs/hybrid.md)")
     parser.add_argument("--out", default="zwarn.json")
     args = parser.parse_args(argv)
+    if args.template_points is not None and args.templates is None:
+        parser.error("--template-points needs --templates")
+    PREDICT_OPTIONS.clear()
+    if args.templates is not None:
+        PREDICT_OPTIONS.update(templates=args.templates, template_points=args.template_points)
     started = time.perf_counter()
     model = zfast.load_model(args.checkpoint, "cpu")
     c = training_config.config_from_dict(checkpoint.read(args.checkpoint).config)
@@ -118,7 +132,7 @@ def main(argv=None) -> int:
         noise = paper_table.CONDITIONS.get(condition, paper_table.CONDITIONS["euclid"])
         sets[f"{split}/{condition}"] = (z, predict(model, Instrument.preset(c.instrument, noise).wavelength, flux, ivar))
     sets.update(real_sets(model, args.draws, args.seed))
-    report = {"checkpoint": str(args.checkpoint), "threshold": threshold, "study_threshold": chosen,
+    report = {"checkpoint": str(args.checkpoint), "options": dict(PREDICT_OPTIONS), "threshold": threshold, "study_threshold": chosen,
               "fallback_threshold": flags.DELTACHI2_MIN, "sets": {}}  # fmt: skip
     print(f"| set | n | η all | ZWARN=0 share | purity | completeness | (threshold {threshold}) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
