@@ -28,7 +28,6 @@ def pick_device(name: Union[str, torch.device, None] = "auto") -> torch.device:
 
 
 
-SERIAL_ROWS = 16  # serial_linear_layers: rows per thread below which a linear layer runs on one thread
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 KEEP_FREED = 1 << 30  # bytes of freed heap glibc may keep before giving memory back
 MMAP_ABOVE = 32 << 20  # allocations from this size up are mmap'ed (glibc's largest dynamic threshold)
@@ -53,20 +52,19 @@ def steady_allocator() -> bool:
 
 
 def serial_linear_layers(network: torch.nn.Module) -> torch.nn.Module:
-    """Run each ``nn.Linear`` of ``network`` on one CPU thread when its input has fewer than SERIAL_ROWS rows per
-    thread (forward hooks; convolutions keep every thread). MKL's GEMM on 5-11 rows gives last-bit different
-    results on 1 and on 2 threads (measured for 1-399 rows and 1,024: only 5-7 and 9-11 differ), so without this a
-    catalogue's last, short batch written by one process could differ from one written by Dask workers with fewer
-    threads each; the other layers measured thread-independent (docs/survey.md). Full batches keep every thread:
-    serialising them cost 7 % of the quick preset's forward pass (289 -> 310 ms per 1,024). Returns ``network``."""
+    """Run each ``nn.Linear`` of ``network`` on one CPU thread (forward hooks; convolutions keep every thread).
+    MKL's GEMM gives last-bit different results on 1 and on 2 threads: on an AMD EPYC only at 5-7 and 9-11 rows, on
+    an Intel AVX-512 Xeon also for full batches (the quick preset's 2,048-feature head at 40-1,024 rows), so without
+    this a catalogue written by one process could differ from one written by Dask workers with fewer threads each;
+    the other layers measured thread-independent (docs/survey.md). It costs ~7 % of the quick preset's forward pass
+    (289 -> 310 ms per 1,024 on the EPYC). Returns ``network``."""
 
     saved: list = []  # the thread count to restore, pushed by before() and popped by after()
 
     def before(module, inputs):
         x = inputs[0] if inputs else None
         threads = torch.get_num_threads()
-        rows = x.numel() // max(1, x.shape[-1]) if isinstance(x, torch.Tensor) and x.dim() else 0
-        serial = isinstance(x, torch.Tensor) and x.device.type == "cpu" and 1 < threads and rows < SERIAL_ROWS * threads
+        serial = isinstance(x, torch.Tensor) and x.device.type == "cpu" and 1 < threads
         saved.append(threads if serial else None)
         if serial:
             torch.set_num_threads(1)
