@@ -170,6 +170,7 @@ def test_holdout_recipe_and_training_set_size_splits():
 def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     """A run killed with SIGKILL (no chance to save) resumes from its last periodic checkpoint and ends with
     exactly the weights of an uninterrupted run."""
+    import os
     import subprocess
     import sys
     import time
@@ -178,8 +179,11 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
             "--n-bins", "80", "--model", "paper-cnn", "--device", "cpu"]  # fmt: skip
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train_cli.main([*args, "--out", str(straight)])
+    # The same thread count as this process (where the straight run and the resume run): on some CPUs (an Intel
+    # AVX-512 Xeon) MKL's GEMM differs in the last bit between thread counts, and an earlier test may have set ours.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
     process = subprocess.Popen([sys.executable, "-m", "zfast.train", *args, "--out", str(killed)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (killed / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
