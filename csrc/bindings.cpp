@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "jsd_entropy/jsd_entropy.h"
+#include "pz_post/pz_post.h"
 #include "redshift_resample/redshift_resample.h"
 
 #if defined(ZFAST_WITH_CUDA)
@@ -147,6 +148,59 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("stats"), py::arg("batch"), py::arg("float64"),  // builds a tuple: keeps the GIL
       "(OR of the rows' non-finite codes, smallest target value, largest |row sum - 1|) of the stats [B, 3].");
+  m.def(
+      "pz_calibrate_cpu",
+      [](std::uintptr_t logits, bool float64, int64_t batch, int64_t n_bins, std::uintptr_t centres,
+         std::uintptr_t snr, std::uintptr_t snr_edges, int64_t n_snr_edges, std::uintptr_t peak_edges,
+         int64_t n_peak_edges, std::uintptr_t temperatures, double peak_width, std::uintptr_t plain,
+         std::uintptr_t calibrated, int n_threads) {
+        zfast::pz_post::CalibrateParams p;
+        if (float64) p.logits64 = reinterpret_cast<const double*>(logits);
+        else p.logits32 = reinterpret_cast<const float*>(logits);  // clang-format off
+        p.batch = batch;
+        p.n_bins = n_bins;
+        p.centres = reinterpret_cast<const double*>(centres);
+        p.snr = reinterpret_cast<const double*>(snr);
+        p.snr_edges = reinterpret_cast<const double*>(snr_edges);
+        p.n_snr_edges = n_snr_edges;
+        p.peak_edges = reinterpret_cast<const double*>(peak_edges);  // 0: no groups
+        p.n_peak_edges = n_peak_edges;
+        p.temperatures = reinterpret_cast<const double*>(temperatures);  // 0: plain softmax only
+        p.peak_width = peak_width;
+        p.plain = reinterpret_cast<double*>(plain);
+        p.calibrated = reinterpret_cast<double*>(calibrated);
+        zfast::pz_post::calibrate_cpu(p, n_threads);
+      },
+      py::arg("logits"), py::arg("float64"), py::arg("batch"), py::arg("n_bins"), py::arg("centres"),
+      py::arg("snr"), py::arg("snr_edges"), py::arg("n_snr_edges"), py::arg("peak_edges"), py::arg("n_peak_edges"),
+      py::arg("temperatures"), py::arg("peak_width"), py::arg("plain"), py::arg("calibrated"),
+      py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+      "Plain softmax [B, K] and softmax(logits / T) [B, K] (float64) with T per SNR bin and peak-share group.");
+
+  m.def(
+      "pz_summarise_cpu",
+      [](std::uintptr_t probs, std::uintptr_t mode_probs, int64_t batch, int64_t n_bins, std::uintptr_t edges,
+         int64_t n_candidates, double half_width, std::uintptr_t summary, std::uintptr_t z_cand,
+         std::uintptr_t p_cand, std::uintptr_t deltachi2, std::uintptr_t flags, int n_threads) {
+        zfast::pz_post::SummariseParams p;
+        p.probs = reinterpret_cast<const double*>(probs);
+        p.mode_probs = reinterpret_cast<const double*>(mode_probs);  // 0: the peak of probs
+        p.batch = batch;
+        p.n_bins = n_bins;
+        p.edges = reinterpret_cast<const double*>(edges);
+        p.n_candidates = n_candidates;
+        p.half_width = half_width;
+        p.summary = reinterpret_cast<double*>(summary);
+        p.z_cand = reinterpret_cast<double*>(z_cand);
+        p.p_cand = reinterpret_cast<double*>(p_cand);
+        p.deltachi2 = reinterpret_cast<double*>(deltachi2);
+        p.flags = reinterpret_cast<int8_t*>(flags);
+        zfast::pz_post::summarise_cpu(p, n_threads);
+      },
+      py::arg("probs"), py::arg("mode_probs"), py::arg("batch"), py::arg("n_bins"), py::arg("edges"),
+      py::arg("n_candidates"), py::arg("half_width"), py::arg("summary"), py::arg("z_cand"), py::arg("p_cand"),
+      py::arg("deltachi2"), py::arg("flags"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+      "P(z) summaries [B, 7], candidates z and mass [B, n], deltachi2 [B] and row flags [B] (int8).");
 #if defined(ZFAST_WITH_CUDA)
   m.def(
       "redshift_resample_cuda",

@@ -17,10 +17,11 @@ The paper's setups are ``redshift_bin_edges(1.0, 1.8, 800)`` (bins of 0.001) and
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 
+from .ops import pz_post
 from .ops.checks import as_grid, check_increasing
 
 
@@ -321,3 +322,22 @@ def pz_candidates(probs: torch.Tensor, bin_edges, z: torch.Tensor, n: int = 3, h
     second = p_out[:, 1] if n > 1 else torch.zeros_like(p_out[:, 0])
     deltachi2 = 2.0 * (torch.log(p_out[:, 0].clamp_min(1e-30)) - torch.log(second.clamp_min(1e-30)))
     return PzCandidates(z_out, p_out, p_out[:, 0], deltachi2)
+
+
+def pz_summary_and_candidates(probs: torch.Tensor, bin_edges, mode_probs: Optional[torch.Tensor] = None, n: int = 3,
+                              half_width: float = 0.01) -> tuple[PzSummary, PzCandidates]:  # fmt: skip
+    """``pz_summary(probs)`` with z_mode that of ``mode_probs`` [B, C] if given (``refined_mode`` of it as given), and
+    ``pz_candidates(probs, bin_edges, z_mode, n, half_width)``, in one call: on the CPU the native op
+    ``zfast.ops.pz_post`` (one pass per row; the functions above are its spec and its fallback elsewhere)."""
+    if isinstance(probs, torch.Tensor) and probs.dim() == 2 and pz_post.available(probs.device):
+        edges = _edges(bin_edges, probs.device)
+        if probs.shape[1] != edges.numel() - 1:
+            raise ValueError(f"probs has C = {probs.shape[1]} columns but bin_edges defines {edges.numel() - 1} bins")
+        mode = None if mode_probs is None else mode_probs.detach().to(torch.float64)
+        out = pz_post.pz_summarise(probs.detach().to(torch.float64), edges, mode, n, half_width)
+        summary = PzSummary(*out.summary.T.contiguous().unbind(dim=0))
+        return summary, PzCandidates(out.z_cand, out.p_cand, out.p_cand[:, 0], out.deltachi2)
+    summary = pz_summary(probs, bin_edges)
+    if mode_probs is not None:
+        summary = summary._replace(z_mode=refined_mode(mode_probs.to(torch.float64), _edges(bin_edges, probs.device)))
+    return summary, pz_candidates(probs, bin_edges, summary.z_mode, n=n, half_width=half_width)

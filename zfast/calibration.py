@@ -40,7 +40,8 @@ from typing import Optional
 
 import torch
 
-from .bins import PzSummary, normalised_probs, pz_summary, refined_mode
+from .bins import PzSummary, normalised_probs, pz_summary_and_candidates
+from .ops import pz_post
 
 SNR_EDGES = (0.0, 2.0, 4.0, 6.0, 9.0, 13.0, 20.0, 40.0, math.inf)  # noiseless spectra (SNR = inf): the last bin
 TEMPERATURES = tuple(math.exp(math.log(0.001) + i * (math.log(10.0) - math.log(0.001)) / 160) for i in range(161))
@@ -181,13 +182,9 @@ def calibrated_summary(logits: torch.Tensor, snr: Optional[torch.Tensor], calibr
     calibration), except z_mode: always that of the plain softmax, so a temperature never moves the point
     estimate (a small T can underflow the peak's neighbours, and the refinement would fall back to a coarser
     parabola)."""
-    plain = torch.softmax(logits.double(), dim=1)
-    if snr is None or not calibration or "temperatures" not in calibration:
-        return plain, pz_summary(plain, bin_edges)
-    probs = calibrated_probs(logits, snr, calibration, bin_edges)
-    summary = pz_summary(probs, bin_edges)  # validates the edges
-    edges = torch.as_tensor(bin_edges, dtype=torch.float64).to(plain.device)
-    return probs, summary._replace(z_mode=refined_mode(plain, edges))
+    plain, probs = plain_and_calibrated(logits, snr, calibration, bin_edges)
+    summary, _ = pz_summary_and_candidates(probs, bin_edges, mode_probs=None if probs is plain else plain, n=1)
+    return probs, summary
 
 
 def calibrated_probs(logits: torch.Tensor, snr: Optional[torch.Tensor], calibration: Optional[dict],
@@ -207,3 +204,25 @@ def calibrated_probs(logits: torch.Tensor, snr: Optional[torch.Tensor], calibrat
         raise ValueError("this calibration is per SNR bin and P(z) peak share: pass the model's bin_edges")
     group = bin_index(peak_share(torch.softmax(logits, dim=1), bin_edges), calibration["peak_edges"].to(logits.device, torch.float64))
     return torch.softmax(logits / temperatures[group, k][:, None], dim=1)
+
+
+def plain_and_calibrated(logits: torch.Tensor, snr: Optional[torch.Tensor], calibration: Optional[dict],
+                         bin_edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(softmax(logits), ``calibrated_probs(logits, snr, calibration, bin_edges)``), float64 [B, K] each (the same
+    tensor twice without a calibration or ``snr``). On the CPU the native op ``zfast.ops.pz_post`` computes both in
+    one pass per row; these functions are its spec and its fallback elsewhere."""
+    calibrate = snr is not None and bool(calibration) and "temperatures" in calibration
+    if logits.dim() == 2 and logits.dtype in (torch.float32, torch.float64) and pz_post.available(logits.device):
+        edges = torch.as_tensor(bin_edges, dtype=torch.float64).to(logits.device)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        if not calibrate:
+            plain, _ = pz_post.pz_calibrate(logits.detach(), centres)
+            return plain, plain
+        grouped = "peak_edges" in calibration
+        plain, calibrated = pz_post.pz_calibrate(
+            logits.detach(), centres, snr.to(torch.float64), calibration["snr_edges"].to(torch.float64),
+            calibration["temperatures"].to(torch.float64), calibration["peak_edges"].to(torch.float64) if grouped else None,
+        )  # fmt: skip
+        return plain, calibrated
+    plain = torch.softmax(logits.double(), dim=1)
+    return plain, calibrated_probs(logits, snr, calibration, bin_edges) if calibrate else plain

@@ -29,8 +29,8 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 import torch
 
-from .bins import PzSummary, pz_candidates, pz_summary, refined_mode, target_to_z
-from .calibration import calibrated_probs, calibrated_summary, spectrum_snr
+from .bins import PzCandidates, PzSummary, pz_summary_and_candidates, target_to_z
+from .calibration import plain_and_calibrated, spectrum_snr
 from .checkpoint import EnsembleModel, RedshiftModel, load_ensemble, load_model
 from .data.instrument import normalise
 from .data.sed_library import SEDLibrary
@@ -237,19 +237,19 @@ def ensemble_outputs(model: Model, flux: torch.Tensor, snr: Optional[torch.Tenso
     float64, ``p_outside``, ``ood_score`` [B] and ``flag_ood`` (see ``EnsembleModel``)."""
     members = model.members if isinstance(model, EnsembleModel) else [model]
     own = model.calibration if isinstance(model, EnsembleModel) else None
-    plain, calibrated, outside, scores, flags = 0.0, 0.0, [], [], []
+    plains, calibrateds, outside, scores, flags = [], [], [], [], []
     for member in members:
         logits, p_outside, score, flag = _member_outputs(member, flux)
-        plain = plain + torch.softmax(logits.double(), dim=1)
-        if own is None:
-            calibrated = calibrated + calibrated_probs(logits, snr, member.stats.calibration, member.bin_edges)
+        pair = plain_and_calibrated(logits, snr if own is None else None, member.stats.calibration, member.bin_edges.to(logits.device))
+        plains.append(pair[0])
+        calibrateds.append(pair[1])
         outside.append(p_outside)
         if score is not None:
             scores.append(score)
             flags.append(flag)
-    n = len(members)
-    plain = plain / n
-    calibrated = calibrated / n if own is None else calibrated_probs(torch.log(plain.clamp_min(1e-300)), snr, own, model.bin_edges)
+    mean = lambda terms: terms[0] if len(terms) == 1 else sum(terms) / len(terms)  # noqa: E731
+    plain = mean(plains)
+    calibrated = mean(calibrateds) if own is None else plain_and_calibrated(torch.log(plain.clamp_min(1e-300)), snr, own, model.bin_edges.to(plain.device))[1]
     result = dict(plain=plain, calibrated=calibrated, p_outside=torch.stack(outside).nanmean(dim=0))
     if scores:
         result["ood_score"] = torch.stack(scores).quantile(0.5, dim=0)  # (of two: their mean)
@@ -260,12 +260,13 @@ def ensemble_outputs(model: Model, flux: torch.Tensor, snr: Optional[torch.Tenso
     return result
 
 
-def ensemble_summary(model: Model, flux: torch.Tensor, snr: Optional[torch.Tensor]) -> tuple[dict, PzSummary]:
-    """(``ensemble_outputs``, the ``pz_summary`` of its calibrated P(z) with z_mode that of the mean plain softmax:
-    as ``calibrated_summary``, a temperature never moves the point estimate)."""
+def ensemble_summary(model: Model, flux: torch.Tensor, snr: Optional[torch.Tensor],
+                     n: int = N_CANDIDATES) -> tuple[dict, PzSummary, PzCandidates]:  # fmt: skip
+    """(``ensemble_outputs``, the ``pz_summary`` of its calibrated P(z) with z_mode that of the mean plain softmax
+    (as ``calibrated_summary``: a temperature never moves the point estimate), the ``pz_candidates`` around it)."""
     out = ensemble_outputs(model, flux, snr)
-    edges = model.bin_edges.to(model.device)
-    return out, pz_summary(out["calibrated"], edges)._replace(z_mode=refined_mode(out["plain"], edges))
+    summary, candidates = pz_summary_and_candidates(out["calibrated"], model.bin_edges.to(out["calibrated"].device), out["plain"], n=n)
+    return out, summary, candidates
 
 
 @torch.no_grad()
@@ -292,10 +293,9 @@ def predict_normalised(model: Model, flux: torch.Tensor, pz: bool = False, snr: 
     if model.estimator == "regression":
         result = _predict_regression(model, flux)
     else:
-        out, s = ensemble_summary(model, flux, snr)
+        out, s, candidates = ensemble_summary(model, flux, snr)
         result = dict(z=s.z_mode, z_err=s.sigma, z_lo68=s.lo68, z_hi68=s.hi68, ood_score=out["ood_score"],
                       flag_ood=out["flag_ood"], p_outside=out["p_outside"])  # fmt: skip
-        candidates = pz_candidates(out["calibrated"], edges_of(model, out["calibrated"].device), s.z_mode, n=N_CANDIDATES)
         result.update(zprob=candidates.zprob, deltachi2=candidates.deltachi2, z_cand=candidates.z, p_cand=candidates.p)
         if pz:
             result["pz"] = out["calibrated"].float()

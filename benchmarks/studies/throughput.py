@@ -41,7 +41,7 @@ TIMED = {  # stage -> the names in zfast.predict whose calls it is
     "normalisation": ("normalise",),
     "network forward (with OOD taps)": ("ood_features",),
     "OOD scores": ("ood_scores",),
-    "calibration and P(z) summaries": ("calibrated_probs", "pz_summary", "refined_mode", "pz_candidates"),
+    "calibration and P(z) summaries": ("plain_and_calibrated", "pz_summary_and_candidates"),
     "flags": ("zwarn", "z_range_flag", "few_pixels_flag"),
 }
 
