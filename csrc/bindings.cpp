@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "channel_stats/channel_stats.h"
 #include "jsd_entropy/jsd_entropy.h"
 #include "pz_post/pz_post.h"
 #include "redshift_resample/redshift_resample.h"
@@ -148,6 +149,26 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("stats"), py::arg("batch"), py::arg("float64"),  // builds a tuple: keeps the GIL
       "(OR of the rows' non-finite codes, smallest target value, largest |row sum - 1|) of the stats [B, 3].");
+  m.def(
+      "channel_stats_cpu",
+      [](std::uintptr_t activation, int64_t batch, int64_t channels, int64_t length, int64_t stride_b,
+         int64_t stride_c, int64_t stride_l, std::uintptr_t out, int n_threads) {
+        zfast::channel_stats::Params p;
+        p.activation = reinterpret_cast<const float*>(activation);
+        p.batch = batch;
+        p.channels = channels;
+        p.length = length;
+        p.stride_b = stride_b;
+        p.stride_c = stride_c;
+        p.stride_l = stride_l;
+        p.out = reinterpret_cast<float*>(out);
+        zfast::channel_stats::launch_cpu(p, n_threads);
+      },
+      py::arg("activation"), py::arg("batch"), py::arg("channels"), py::arg("length"), py::arg("stride_b"),
+      py::arg("stride_c"), py::arg("stride_l"), py::arg("out"), py::arg("n_threads"),
+      py::call_guard<py::gil_scoped_release>(),
+      "Per-channel mean and population std over L of a float32 activation [B, C, L] (any strides) -> [B, 2C].");
+
   m.def(
       "pz_calibrate_cpu",
       [](std::uintptr_t logits, bool float64, int64_t batch, int64_t n_bins, std::uintptr_t centres,
