@@ -210,7 +210,7 @@ def test_opcheck(generator):
 
 def test_dispatchers_match_the_spec_on_and_off_the_native_op(generator, monkeypatch):
     """plain_and_calibrated and pz_summary_and_candidates (what zfast.predict calls) give the spec's answer with the
-    native op and without it (the fallback off the CPU), and predict_normalised agrees between the two."""
+    native op and without it (the fallback off the CPU)."""
     edges, _ = edges_and_centres(800)
     logits = random_logits(generator, 64, 800)
     snr = random_snr(generator, 64)

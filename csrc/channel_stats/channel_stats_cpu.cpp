@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "channel_stats.h"
+#include "common/cpu_clones.h"
 #include "common/parallel_rows.h"
 
 namespace zfast {
@@ -13,13 +14,7 @@ namespace {
 
 constexpr int64_t kMinValuesPerThread = 1 << 16;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ZFAST_CS_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define ZFAST_CS_CLONES
-#endif
-
-ZFAST_CS_CLONES void rows(const Params& p, int64_t begin, int64_t end) {
+ZFAST_CPU_CLONES void rows(const Params& p, int64_t begin, int64_t end) {
   const int64_t n_c = p.channels, n_l = p.length;
   const double inv_l = 1.0 / static_cast<double>(n_l);
   std::vector<double> sums(static_cast<size_t>(2 * n_c));

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cpu_clones.h"
 #include "common/parallel_rows.h"
 #include "jsd_entropy.h"
 
@@ -33,10 +34,8 @@ namespace {
 constexpr int64_t kMinClassesPerThread = 1 << 15;
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ZFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #define ZFAST_ALWAYS_INLINE __attribute__((always_inline)) inline
 #else
-#define ZFAST_CPU_CLONES
 #define ZFAST_ALWAYS_INLINE inline
 #endif
 

@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/cpu_clones.h"
 #include "common/parallel_rows.h"
 #include "pz_post.h"
 
@@ -20,12 +21,6 @@ namespace {
 
 // A bin of a row costs a few ns: split a batch only when each thread gets this many bins (~50 us of work).
 constexpr int64_t kMinBinsPerThread = 1 << 14;
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ZFAST_PZ_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define ZFAST_PZ_CLONES
-#endif
 
 // softmax(x / t)_c into out[K] from the row x (as double in xd), its maximum m: the spec's
 // exp(x/t - max(x/t)) / Σ; max(x_c / t) = m / t exactly, as division by t > 0 is monotone and rounded once.
@@ -46,7 +41,7 @@ inline void softmax_row(const double* __restrict__ xd, int64_t n, double m, doub
   for (int64_t c = 0; c < n; ++c) out[c] = xd[c] / t - mt > kExpFloor ? out[c] * inv : 0.0;
 }
 
-ZFAST_PZ_CLONES void calibrate_rows(const CalibrateParams& p, int64_t begin, int64_t end) {
+ZFAST_CPU_CLONES void calibrate_rows(const CalibrateParams& p, int64_t begin, int64_t end) {
   const int64_t n = p.n_bins;
   std::vector<double> row(static_cast<size_t>(n));
   double* __restrict__ xd = row.data();
@@ -104,7 +99,7 @@ ZFAST_PZ_CLONES void calibrate_rows(const CalibrateParams& p, int64_t begin, int
   }
 }
 
-ZFAST_PZ_CLONES void summarise_rows(const SummariseParams& p, int64_t begin, int64_t end) {
+ZFAST_CPU_CLONES void summarise_rows(const SummariseParams& p, int64_t begin, int64_t end) {
   const int64_t n = p.n_bins, n_cand = p.n_candidates;
   const double* __restrict__ edges = p.edges;
   const double* __restrict__ centres = p.centres;

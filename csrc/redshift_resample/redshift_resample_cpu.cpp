@@ -25,6 +25,7 @@
 #define ZFAST_HAVE_AVX512_EDGES 0
 #endif
 
+#include "common/cpu_clones.h"
 #include "common/parallel_rows.h"
 #include "redshift_resample.h"
 
@@ -38,12 +39,6 @@ namespace {
 // and two took the same 0.22 ms).
 constexpr int64_t kMinValuesPerThread = 1 << 18;
 
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ZFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define ZFAST_CPU_CLONES
-#endif
 
 // Software prefetch of the stretch of the next row's cumulative that its bins will read. Rows are random
 // SEDs of a library much larger than the caches, and each row is only a few KB (two to three 4 KB pages),
