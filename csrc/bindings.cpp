@@ -11,6 +11,7 @@
 #include "jsd_entropy/jsd_entropy.h"
 #include "pz_post/pz_post.h"
 #include "redshift_resample/redshift_resample.h"
+#include "spectra_resample/spectra_resample.h"
 
 #if defined(ZFAST_WITH_CUDA)
 #include <cuda_runtime.h>
@@ -149,6 +150,31 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("stats"), py::arg("batch"), py::arg("float64"),  // builds a tuple: keeps the GIL
       "(OR of the rows' non-finite codes, smallest target value, largest |row sum - 1|) of the stats [B, 3].");
+  m.def(
+      "spectra_resample_cpu",
+      [](std::uintptr_t flux, std::uintptr_t var, std::uintptr_t valid, std::uintptr_t edges_in,
+         std::uintptr_t edges_out, int64_t batch, int64_t n_in, int64_t n_out, std::uintptr_t flux_out,
+         std::uintptr_t ivar_out, std::uintptr_t fraction, int n_threads) {
+        zfast::spectra_resample::Params p;
+        p.flux = reinterpret_cast<const double*>(flux);
+        p.var = reinterpret_cast<const double*>(var);
+        p.valid = reinterpret_cast<const uint8_t*>(valid);
+        p.edges_in = reinterpret_cast<const double*>(edges_in);
+        p.edges_out = reinterpret_cast<const double*>(edges_out);
+        p.batch = batch;
+        p.n_in = n_in;
+        p.n_out = n_out;
+        p.flux_out = reinterpret_cast<double*>(flux_out);
+        p.ivar_out = reinterpret_cast<double*>(ivar_out);
+        p.fraction = reinterpret_cast<double*>(fraction);
+        zfast::spectra_resample::launch_cpu(p, n_threads);
+      },
+      py::arg("flux"), py::arg("var"), py::arg("valid"), py::arg("edges_in"), py::arg("edges_out"), py::arg("batch"),
+      py::arg("n_in"), py::arg("n_out"), py::arg("flux_out"), py::arg("ivar_out"), py::arg("fraction"),
+      py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+      "Flux-conserving resampling of float64 spectra [B, N] (flux, var, bool valid) on edges [N+1] onto edges "
+      "[M+1] -> flux [B, M], ivar [B, M], valid fraction [B] (zfast.predict.resample's maths).");
+
   m.def(
       "channel_stats_cpu",
       [](std::uintptr_t activation, int64_t batch, int64_t channels, int64_t length, int64_t stride_b,

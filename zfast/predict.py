@@ -38,6 +38,7 @@ from .data.sets import load_library, run_splits
 from .flags import DELTACHI2_MIN, MIN_VALID, few_pixels_flag, ood_flag, z_range_flag, zwarn
 from .models import split_outside
 from .ood import ood_features, ood_scores
+from .ops import spectra_resample
 from .ops.rebin import cumulative_at, pixel_edges
 from .hybrid import scan_points
 from .template_fit import coarse_grid, fit_deltachi2, library_fit_redshift
@@ -81,8 +82,11 @@ def check_grid(wavelength: torch.Tensor) -> None:
 def resample(flux: torch.Tensor, var: torch.Tensor, valid: torch.Tensor, wavelength: torch.Tensor,
              out_edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(flux, ivar, valid fraction) [B, M] on ``out_edges`` from spectra [B, N] on pixel centres ``wavelength``
-    [N] (module docstring, step 2). float64."""
+    [N] (module docstring, step 2). float64. On the CPU the native op ``zfast.ops.spectra_resample`` (the same
+    maths in one pass per spectrum); the torch lines below are its spec and the fallback."""
     edges = pixel_edges(wavelength)
+    if spectra_resample.available(flux.device):
+        return spectra_resample.spectra_resample(flux, var, valid, edges, out_edges.to(torch.float64))
     widths_in = edges[1:] - edges[:-1]
     widths_out = out_edges[1:] - out_edges[:-1]
 
