@@ -206,3 +206,35 @@ def test_channels_last_layers_compute_what_conv1d_and_batchnorm1d_compute(stride
     torch.testing.assert_close(fast[1].running_mean, plain[1].running_mean)
     fast.eval(), plain.eval()
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["resnet1d", "resnet1d-wide", "paper-cnn"])
+def test_fold_batchnorm_computes_what_the_network_computed(name):
+    """fold_batchnorm: the folded eval-mode network gives the unfolded one's outputs (float64 against float64, random
+    weights and running statistics far from the identity), and no BatchNorm directly after a conv is left; PaperCNN's
+    BatchNorms (after the pooling) stay. load_model applies it."""
+    import copy
+
+    from zfast.models import MODELS, fold_batchnorm
+
+    if name not in MODELS:
+        pytest.skip(f"no {name} model")
+    g = torch.Generator().manual_seed(7)
+    network = build_model(name, 512, "classification", 40).double()
+    with torch.no_grad():
+        for m in network.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g, dtype=torch.float64))
+                m.running_var.copy_(0.1 + 3 * torch.rand(m.num_features, generator=g, dtype=torch.float64))
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g, dtype=torch.float64))
+                m.bias.copy_(torch.randn(m.num_features, generator=g, dtype=torch.float64))
+    network.eval()
+    before = sum(isinstance(m, torch.nn.BatchNorm1d) for m in network.modules())
+    folded = fold_batchnorm(copy.deepcopy(network))
+    x = 1 + 0.3 * torch.randn(6, 512, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), network(x), rtol=1e-10, atol=1e-10)
+    left = sum(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
+    assert (left == before) if name == "paper-cnn" else (left == 0 and before > 0)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(network.train())

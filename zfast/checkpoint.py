@@ -30,7 +30,7 @@ from .bins import redshift_bin_edges
 from .data.instrument import Instrument
 from .devices import pick_device, serial_linear_layers
 from .files import atomic_path
-from .models import build_model
+from .models import build_model, fold_batchnorm
 from .ood import OODStats
 
 CHECKPOINT_VERSION = 2
@@ -322,7 +322,7 @@ def model_from_checkpoint(checkpoint: RunCheckpoint, source: str = "", device=No
         network.load_state_dict(checkpoint.model)
     except RuntimeError as error:
         raise ValueError(f"{source}: the weights do not fit a {c['model']} {c['estimator']} network: {error}") from error
-    serial_linear_layers(network.eval())  # the same results whatever the CPU threads (zfast.devices)
+    serial_linear_layers(fold_batchnorm(network.eval()))  # one conv per conv+BN; the same results whatever the CPU threads (zfast.devices)
     return RedshiftModel(network.to(pick_device(device)), c["estimator"], redshift_bin_edges(c["z_min"], c["z_max"], c["n_bins"]),
                          instrument, checkpoint.stats, dict(c), source)  # fmt: skip
 

@@ -9,11 +9,11 @@ One module per network (``paper_cnn``, ``resnet``, ``log_grid_resnet``, ``shift_
 
 from __future__ import annotations
 
-from .layers import BatchNorm1dNHWC, Conv1dNHWC, ResidualBlock1D
+from .layers import BatchNorm1dNHWC, Conv1dNHWC, ResidualBlock1D, fold_batchnorm
 from .log_grid_resnet import LogGridResNet1D
 from .paper_cnn import PaperCNN
 from .registry import ESTIMATORS, MODELS, NEEDS_GRID, build_model, head_size, split_outside
 from .resnet import ResNet1D, resnet1d_wide
 from .shift_resnet import ShiftResNet1D
 
-__all__ = ["ESTIMATORS", "MODELS", "LogGridResNet1D", "PaperCNN", "ResNet1D", "ShiftResNet1D", "build_model", "head_size", "split_outside"]
+__all__ = ["ESTIMATORS", "MODELS", "LogGridResNet1D", "PaperCNN", "ResNet1D", "ShiftResNet1D", "build_model", "fold_batchnorm", "head_size", "split_outside"]
