@@ -9,6 +9,7 @@
 
 #include "channel_stats/channel_stats.h"
 #include "jsd_entropy/jsd_entropy.h"
+#include "lsf_convolve/lsf_convolve.h"
 #include "pz_post/pz_post.h"
 #include "redshift_resample/redshift_resample.h"
 #include "spectra_resample/spectra_resample.h"
@@ -105,6 +106,28 @@ PYBIND11_MODULE(_C, m) {
       py::arg("ln_edge0"), py::arg("dln"), py::arg("inv_expm1_dln"), py::arg("fill"), py::arg("out"),
       py::arg("n_threads"), py::arg("allow_avx512") = true, py::call_guard<py::gil_scoped_release>());
 
+  m.def(
+      "render_templates_cpu",
+      [](std::uintptr_t cumulative, int64_t n_seds, int64_t n_rest_pixels, std::uintptr_t sed_index,
+         std::uintptr_t z, int64_t batch, std::uintptr_t edge_position, std::uintptr_t inv_bin_width,
+         int64_t n_bins, double ln_edge0, double dln, double inv_expm1_dln, float fill, std::uintptr_t out,
+         std::uintptr_t lsf_kernel, int64_t lsf_half, std::uintptr_t square, int n_threads) {
+        auto params = make_redshift_resample_params(cumulative, n_seds, n_rest_pixels, sed_index, z, batch,
+                                                    edge_position, inv_bin_width, n_bins, ln_edge0, dln,
+                                                    inv_expm1_dln, fill, out);
+        params.lsf_kernel = reinterpret_cast<const float*>(lsf_kernel);
+        params.lsf_half = lsf_half;
+        params.square = reinterpret_cast<float*>(square);
+        zfast::redshift_resample::launch_cpu(params, n_threads);
+      },
+      py::arg("cumulative"), py::arg("n_seds"), py::arg("n_rest_pixels"), py::arg("sed_index"), py::arg("z"),
+      py::arg("batch"), py::arg("edge_position"), py::arg("inv_bin_width"), py::arg("n_bins"),
+      py::arg("ln_edge0"), py::arg("dln"), py::arg("inv_expm1_dln"), py::arg("fill"), py::arg("out"),
+      py::arg("lsf_kernel"), py::arg("lsf_half"), py::arg("square"), py::arg("n_threads"),
+      py::call_guard<py::gil_scoped_release>(),
+      "redshift_resample_cpu, then each row convolved with the float32 LSF kernel [2h+1] (edges replicated) in "
+      "place and its squares written to square [B, M]: the template fit's rendering in one pass.");
+
   m.def("redshift_resample_cpu_uses_avx512", &zfast::redshift_resample::cpu_uses_avx512,
         "Whether redshift_resample_cpu runs its hand-written AVX-512 edge loop on this CPU (allow_avx512=False "
         "selects the portable loop, for tests and benchmarks).");
@@ -150,6 +173,26 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("stats"), py::arg("batch"), py::arg("float64"),  // builds a tuple: keeps the GIL
       "(OR of the rows' non-finite codes, smallest target value, largest |row sum - 1|) of the stats [B, 3].");
+  m.def(
+      "lsf_convolve_cpu",
+      [](std::uintptr_t x, std::uintptr_t kernel, int64_t batch, int64_t length, int64_t half, bool double_precision,
+         std::uintptr_t out, std::uintptr_t square, int n_threads) {
+        zfast::lsf_convolve::Params p;
+        p.x = reinterpret_cast<const void*>(x);
+        p.kernel = reinterpret_cast<const void*>(kernel);
+        p.batch = batch;
+        p.length = length;
+        p.half = half;
+        p.double_precision = double_precision;
+        p.out = reinterpret_cast<void*>(out);
+        p.square = square == 0 ? nullptr : reinterpret_cast<void*>(square);
+        zfast::lsf_convolve::launch_cpu(p, n_threads);
+      },
+      py::arg("x"), py::arg("kernel"), py::arg("batch"), py::arg("length"), py::arg("half"), py::arg("double_precision"),
+      py::arg("out"), py::arg("square"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+      "Rows [B, M] convolved with a kernel [2h+1], edge pixels replicated (Instrument.convolve_lsf's maths); "
+      "square != 0 also writes the squares there.");
+
   m.def(
       "spectra_resample_cpu",
       [](std::uintptr_t flux, std::uintptr_t var, std::uintptr_t valid, std::uintptr_t edges_in,

@@ -13,7 +13,7 @@ import torch
 
 import zfast
 from zfast.cli import predict as predict_cli
-from zfast.hybrid import REACH, scan_points
+from zfast.hybrid import N_MIN, REACH, scan_points
 from zfast.template_fit import coarse_grid, library_fit_redshift
 
 
@@ -38,7 +38,7 @@ def test_scan_points_are_the_cells_with_the_most_mass(generator, n_bins, n_point
     step = 2e-3
     grid = coarse_grid((1.0, 1.8), step)
     probs = torch.rand(5, n_bins, generator=generator, dtype=torch.float64) ** 8  # peaky, no ties
-    scan = scan_points(probs, edges, grid, step, n_points)
+    scan = scan_points(probs, edges, grid, step, n_points, min_mass=0.0)
     assert scan.dtype == torch.bool and scan.shape == (5, grid.numel())
     assert (scan.sum(dim=1) == n_points).all()
     masses = _reference_masses(probs, edges, grid, step)
@@ -59,10 +59,37 @@ def test_scan_points_follow_a_peak_and_split_between_two(generator):
     assert (picked - 1.3137).abs().max() < 0.012 and (picked - 1.3137).abs().min() < 1.5e-3
     # Two equal peaks: the points are shared between them.
     two = one + torch.exp(-0.5 * ((centre - 1.62) / 1e-3) ** 2)[None]
-    picked = grid[scan_points(two, edges, grid, 2e-3, 10)[0]]
+    picked = grid[scan_points(two, edges, grid, 2e-3, 10, min_mass=0.0)[0]]
     assert ((picked - 1.3137).abs() < 0.012).sum() == 5 and ((picked - 1.62).abs() < 0.012).sum() == 5
     with pytest.raises(ValueError, match="n_points"):
         scan_points(one, edges, grid, 2e-3, 0)
+
+
+@pytest.mark.parametrize("floor", [1e-4, 1e-2, 0.3])
+def test_scan_points_mass_floor(generator, floor):
+    """With a mass floor: the top-n cells, less those holding under the floor, but never fewer than the N_MIN with
+    the most mass (against float64 reference masses); a confident P(z) scans few points, a flat one all n."""
+    edges = zfast.redshift_bin_edges(1.0, 1.8, 800)
+    step = 2e-3
+    grid = coarse_grid((1.0, 1.8), step)
+    centre = 0.5 * (edges[1:] + edges[:-1])
+    sharp = torch.exp(-0.5 * ((centre - 1.2345) / 3e-4) ** 2)[None]  # ~ the network's width at SNR 10
+    probs = torch.cat([sharp, torch.rand(4, 800, generator=generator, dtype=torch.float64) ** 8, torch.ones(1, 800)])
+    scan = scan_points(probs, edges, grid, step, 24, min_mass=floor)
+    masses = _reference_masses(probs, edges, grid, step)
+    for b in range(probs.shape[0]):
+        order = torch.argsort(masses[b], descending=True, stable=True)
+        top = order[:24]
+        expected = torch.zeros(grid.numel(), dtype=torch.bool)
+        expected[top[masses[b][top] >= floor]] = True
+        expected[order[:N_MIN]] = True
+        # cells within 1e-12 of the floor or of a rank boundary may go either way
+        unsure = ((masses[b] - floor).abs() < 1e-12) | ((masses[b] - masses[b][order[23]]).abs() < 1e-12)
+        assert torch.equal(scan[b] & ~unsure, expected & ~unsure)
+    assert N_MIN <= scan[0].sum() <= 4  # the sharp peak: its cell and neighbours
+    assert scan[-1].sum() == (24 if floor < 0.5 * 3 / 400 else N_MIN)  # flat: every cell holds ~3/400
+    with pytest.raises(ValueError, match="min_mass"):
+        scan_points(probs, edges, grid, step, 24, min_mass=-1.0)
 
 
 def _spectra(noise, n, seed):

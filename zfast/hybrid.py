@@ -16,20 +16,34 @@ one step of a scanned point, the accuracy and the speed against the full fit are
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .bins import normalised_probs, window_mass
 
-N_POINTS = 24  # coarse points scanned per spectrum (of 400 at step 2e-3 over [1, 1.8)): docs/hybrid.md
+N_POINTS = 24  # coarse points scanned per spectrum at most (of 400 at step 2e-3 over [1, 1.8)): docs/hybrid.md
 REACH = 1.5  # each point's cell, in coarse steps either side
+MIN_MASS = 1e-4  # of those, points whose cell holds less P(z) mass are not scanned ...
+N_MIN = 3  # ... except the N_MIN with the most: a peak and its two neighbours (docs/hybrid.md, "Mass floor")
 
 
-def scan_points(probs: torch.Tensor, bin_edges, grid: torch.Tensor, step: float, n_points: int = N_POINTS) -> torch.Tensor:
+def scan_points(probs: torch.Tensor, bin_edges, grid: torch.Tensor, step: float, n_points: int = N_POINTS,
+                min_mass: Optional[float] = None) -> torch.Tensor:  # fmt: skip
     """bool [B, K]: for each row of P(z) ``probs`` [B, C] over ``bin_edges`` [C + 1], the ``n_points`` points of the
     coarse grid ``grid`` [K] (spacing ``step``; ``zfast.template_fit.coarse_grid``) whose cells z ± REACH·step hold
-    the most mass (ties: the lower z), for ``library_fit_redshift(scan=...)``. All K when n_points >= K."""
+    the most mass (ties: the lower z), for ``library_fit_redshift(scan=...)``; of those, the ones whose cell holds
+    less than ``min_mass`` (default ``MIN_MASS``; 0 keeps all) are dropped, except the ``N_MIN`` with the most mass.
+    All K when n_points >= K.
+
+    Why the floor: a confident spectrum's P(z) (σ ~ 1e-4 (1+z), a tenth of a step) puts nearly all its mass in two or
+    three cells, and the other 21 points of its 24 cost as much to score as they are unlikely to hold the truth;
+    an ambiguous spectrum's cells all hold more than the floor and it keeps its 24."""
     if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
         raise ValueError(f"n_points must be a positive integer, got {n_points!r}")
+    min_mass = MIN_MASS if min_mass is None else float(min_mass)
+    if not min_mass >= 0.0:
+        raise ValueError(f"min_mass must be >= 0, got {min_mass!r}")
     p, edges = normalised_probs(probs, bin_edges)
     grid = torch.as_tensor(grid, dtype=torch.float64, device=p.device)
     k = grid.numel()
@@ -40,5 +54,8 @@ def scan_points(probs: torch.Tensor, bin_edges, grid: torch.Tensor, step: float,
     mass = window_mass(cdf, edges, centre - REACH * step, centre + REACH * step)  # [B, K]
     # A stable order for ties (flat P(z), cells beyond the bins): the mass, then the lower z.
     rank = mass - 1e-15 * torch.arange(k, dtype=torch.float64, device=p.device) / k
-    chosen = rank.topk(n_points, dim=1).indices
+    top = rank.topk(n_points, dim=1)  # sorted: the most mass first
+    keep = top.values >= min_mass
+    keep[:, : min(N_MIN, n_points)] = True
+    chosen = torch.where(keep, top.indices, top.indices[:, :1])  # dropped ones repeat the first: scatter is idempotent
     return torch.zeros(p.shape[0], k, dtype=torch.bool, device=p.device).scatter_(1, chosen, True)

@@ -40,6 +40,7 @@ import torch
 from .calibration import SNR_EDGES, bin_index, pick_grouped_temperatures, pick_temperatures, share_near
 from .data.instrument import Instrument
 from .data.sed_library import SEDLibrary
+from .ops.redshift_resample import render_templates, render_templates_available
 
 
 def template_chi2(library: SEDLibrary, instrument: Instrument, sed: torch.Tensor, flux: torch.Tensor, weight: torch.Tensor,
@@ -180,6 +181,16 @@ def _checked_spectra(instrument: Instrument, flux: torch.Tensor, ivar: torch.Ten
     return flux, ivar
 
 
+def rendered(library: SEDLibrary, instrument: Instrument, seds: torch.Tensor, z: torch.Tensor, edges: torch.Tensor) -> tuple:
+    """(templates [S, M], their squares) float32: SEDs ``seds`` [S] at redshifts ``z`` [S] on ``edges``, through the
+    instrument's LSF. On the CPU one native pass (``zfast.ops.redshift_resample.render_templates``: the row is
+    convolved while in L1); elsewhere ``redshift_resample`` then ``Instrument.convolve_lsf_square``."""
+    kernel = instrument.lsf_kernel(dtype=torch.float32)
+    if kernel is not None and render_templates_available(library.device):
+        return render_templates(library.cumulative, seds, z, edges, library.ln_edge0, library.dln, kernel)
+    return instrument.convolve_lsf_square(library.redshift_resample(seds, z, edges))
+
+
 def _coarse_scores(library: SEDLibrary, instrument: Instrument, seds: torch.Tensor, grid: torch.Tensor, flux: torch.Tensor,
                    weight: torch.Tensor, marginal: torch.Tensor, chunk: int, progress, scan=None) -> tuple:  # fmt: skip
     """The coarse stage of ``library_fit_redshift``, in float32: every SED ``seds`` [S] at every z of ``grid`` [K]
@@ -213,8 +224,7 @@ def _coarse_scores(library: SEDLibrary, instrument: Instrument, seds: torch.Tens
         scanning = scanners[k]
         if scanning is not None and scanning.numel() == 0:
             continue
-        templates = instrument.convolve_lsf(library.redshift_resample(seds, torch.full((seds.numel(),), zk, device=device), edges))
-        squares = templates.square()
+        templates, squares = rendered(library, instrument, seds, torch.full((seds.numel(),), zk, device=device), edges)
         for start in range(0, b if scanning is None else scanning.numel(), chunk):
             rows = slice(start, start + chunk) if scanning is None else scanning[start : start + chunk]
             cross = wf32[rows] @ templates.T

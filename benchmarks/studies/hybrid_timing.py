@@ -44,7 +44,11 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=4096, help="spectra drawn (runs use the first SPECTRA)")
     parser.add_argument("--points", type=int, default=24)
     parser.add_argument("--tilts", type=int, default=9)
+    parser.add_argument("--min-mass", type=float, default=None,
+                        help="the scan's mass floor (zfast.hybrid.MIN_MASS; 0: the top --points whatever their mass)")
     args = parser.parse_args(argv)
+    if args.min_mass is not None:
+        zfast.hybrid.MIN_MASS = args.min_mass
     model = zfast.load_model(args.checkpoint, "cpu")
     c = training_config.config_from_dict(checkpoint.read(args.checkpoint).config)
     library = load_library(c.library)

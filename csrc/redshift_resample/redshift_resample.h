@@ -54,6 +54,11 @@ struct Params {
   float fill;
   float* out;                    // [batch, n_bins]
   bool allow_avx512 = true;      // CPU only: false forces the portable edge loop (tests compare both)
+  // CPU only (render_templates): with lsf_kernel set, each row is then convolved with the LSF kernel [2h + 1]
+  // (edge pixels replicated, lsf_convolve.h) while it is in L1, and its squares written to `square` [batch, n_bins].
+  const float* lsf_kernel = nullptr;
+  int64_t lsf_half = 0;
+  float* square = nullptr;
 };
 
 ZFAST_HD_ALWAYS_INLINE double row_offset(double log1p_z, double ln_edge0, double dln) {

@@ -27,6 +27,7 @@
 
 #include "common/cpu_clones.h"
 #include "common/parallel_rows.h"
+#include "lsf_convolve/lsf_convolve.h"
 #include "redshift_resample.h"
 
 namespace zfast {
@@ -125,6 +126,7 @@ ZFAST_CPU_CLONES void resample_rows(const Params& p, int64_t row_begin, int64_t 
   const double* __restrict__ inv_bin_width = p.inv_bin_width;
   std::vector<double> edge_cumulative(static_cast<size_t>(n_edges));
   double* __restrict__ cum = edge_cumulative.data();
+  std::vector<float> row_buffer(p.lsf_kernel != nullptr ? static_cast<size_t>(n_bins) : 0);
   std::vector<double> offsets(static_cast<size_t>(row_end - row_begin));
   for (int64_t b = row_begin; b < row_end; ++b) {
     offsets[b - row_begin] = row_offset(std::log1p(p.z[b]), p.ln_edge0, dln);
@@ -178,6 +180,11 @@ ZFAST_CPU_CLONES void resample_rows(const Params& p, int64_t row_begin, int64_t 
     // Uncovered bins: the first n_below (lower edge below the grid), the last n_above (upper edge above).
     std::fill(out, out + std::min(n_below, n_bins), fill);
     std::fill(out + std::max<int64_t>(n_bins - n_above, 0), out + n_bins, fill);
+    if (p.lsf_kernel != nullptr) {  // the row is in L1: convolve it there rather than in a second pass over memory
+      std::copy(out, out + n_bins, row_buffer.data());
+      lsf_convolve::convolve_row(row_buffer.data(), p.lsf_kernel, n_bins, p.lsf_half, out,
+                                 p.square == nullptr ? nullptr : p.square + b * n_bins);
+    }
   }
 }
 

@@ -285,3 +285,57 @@ def redshift_resample(
         Tensor[B, M], float32: mean f_λ of each redshifted SED over each observed bin.
     """
     return _redshift_resample_op(cumulative, sed_index, z, wave_edges, float(ln_edge0), float(dln), fill, bool(check))
+
+
+def _check_kernel(lsf_kernel: torch.Tensor) -> None:
+    if lsf_kernel.dim() != 1 or lsf_kernel.numel() % 2 != 1 or lsf_kernel.dtype != torch.float32:
+        raise ValueError(f"lsf_kernel must be float32 [2h + 1] (odd length), got {lsf_kernel.dtype} {tuple(lsf_kernel.shape)}")
+    if lsf_kernel.device.type != "cpu":
+        raise ValueError(f"lsf_kernel must be on the CPU, got {lsf_kernel.device}")
+
+
+@torch.library.custom_op("zfast::render_templates", mutates_args=(), device_types="cpu")
+def _render_templates_op(cumulative: torch.Tensor, sed_index: torch.Tensor, z: torch.Tensor, wave_edges: torch.Tensor,
+                         ln_edge0: float, dln: float, lsf_kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    _check_shapes(cumulative, sed_index, z, wave_edges)
+    _check_kernel(lsf_kernel)
+    n_seds, n_rest = cumulative.shape[0], cumulative.shape[1] - 1
+    batch, n_bins = z.shape[0], wave_edges.shape[0] - 1
+    check_fits(8 * batch * n_bins, cumulative.device, f"render_templates' outputs 2 x [{batch}, {n_bins}] float32",
+               "render fewer templates per call")  # fmt: skip
+    sed_index, z = sed_index.to(torch.int64).contiguous(), z.to(torch.float64).contiguous()
+    grid = _grid(wave_edges, dln, True)
+    _validate_values(n_seds, n_rest, sed_index, z, grid, ln_edge0, dln, need_coverage=True)
+    cumulative, lsf_kernel = cumulative.contiguous(), lsf_kernel.contiguous()
+    out = torch.empty((batch, n_bins), dtype=torch.float32)
+    square = torch.empty((batch, n_bins), dtype=torch.float32)
+    if out.numel():
+        _native._C.render_templates_cpu(
+            cumulative.data_ptr(), n_seds, n_rest, sed_index.data_ptr(), z.data_ptr(), batch,
+            grid.edge_position.data_ptr(), grid.inv_bin_width.data_ptr(), n_bins, float(ln_edge0), float(dln),
+            1.0 / math.expm1(dln), math.nan, out.data_ptr(), lsf_kernel.data_ptr(), (lsf_kernel.numel() - 1) // 2,
+            square.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+    return out, square
+
+
+@_render_templates_op.register_fake
+def _(cumulative, sed_index, z, wave_edges, ln_edge0, dln, lsf_kernel):
+    _check_shapes(cumulative, sed_index, z, wave_edges)
+    _check_kernel(lsf_kernel)
+    shape = (z.shape[0], wave_edges.shape[0] - 1)
+    return cumulative.new_empty(shape, dtype=torch.float32), cumulative.new_empty(shape, dtype=torch.float32)
+
+
+def render_templates_available(device: torch.device) -> bool:
+    """Whether ``render_templates`` runs on ``device`` (the CPU, with the extension built)."""
+    return _native.native_backend(torch.device(device)) == "cpu" and hasattr(_native._C, "render_templates_cpu")
+
+
+def render_templates(cumulative: torch.Tensor, sed_index: torch.Tensor, z: torch.Tensor, wave_edges: torch.Tensor,
+                     ln_edge0: float, dln: float, lsf_kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(templates [B, M], their squares [B, M]) float32: ``redshift_resample`` (every bin covered, validated) then each
+    row convolved with ``lsf_kernel`` [2h + 1] (float32, edge pixels replicated: ``Instrument.convolve_lsf``'s maths)
+    while it is in L1 — the template fit's rendering in one pass over memory instead of three (docs/hybrid.md).
+    CPU only (``render_templates_available``); elsewhere compose ``redshift_resample`` and ``Instrument.convolve_lsf``."""
+    return _render_templates_op(cumulative, sed_index, z, wave_edges, float(ln_edge0), float(dln), lsf_kernel)
