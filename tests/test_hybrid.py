@@ -38,7 +38,7 @@ def test_scan_points_are_the_cells_with_the_most_mass(generator, n_bins, n_point
     step = 2e-3
     grid = coarse_grid((1.0, 1.8), step)
     probs = torch.rand(5, n_bins, generator=generator, dtype=torch.float64) ** 8  # peaky, no ties
-    scan = scan_points(probs, edges, grid, step, n_points, min_mass=0.0)
+    scan = scan_points(probs, edges, grid, step, n_points, min_mass=0.0, max_missing=1.0)
     assert scan.dtype == torch.bool and scan.shape == (5, grid.numel())
     assert (scan.sum(dim=1) == n_points).all()
     masses = _reference_masses(probs, edges, grid, step)
@@ -46,7 +46,7 @@ def test_scan_points_are_the_cells_with_the_most_mass(generator, n_bins, n_point
         chosen, other = masses[b][scan[b]], masses[b][~scan[b]]
         assert chosen.min() >= other.max() - 1e-12  # no unchosen cell holds more mass than a chosen one
     # More points than the grid has: the whole grid.
-    assert scan_points(probs, edges, grid, step, grid.numel() + 3).all()
+    assert scan_points(probs, edges, grid, step, grid.numel() + 3, max_missing=1.0).all()
 
 
 def test_scan_points_follow_a_peak_and_split_between_two(generator):
@@ -59,7 +59,7 @@ def test_scan_points_follow_a_peak_and_split_between_two(generator):
     assert (picked - 1.3137).abs().max() < 0.012 and (picked - 1.3137).abs().min() < 1.5e-3
     # Two equal peaks: the points are shared between them.
     two = one + torch.exp(-0.5 * ((centre - 1.62) / 1e-3) ** 2)[None]
-    picked = grid[scan_points(two, edges, grid, 2e-3, 10, min_mass=0.0)[0]]
+    picked = grid[scan_points(two, edges, grid, 2e-3, 10, min_mass=0.0, max_missing=1.0)[0]]
     assert ((picked - 1.3137).abs() < 0.012).sum() == 5 and ((picked - 1.62).abs() < 0.012).sum() == 5
     with pytest.raises(ValueError, match="n_points"):
         scan_points(one, edges, grid, 2e-3, 0)
@@ -75,7 +75,7 @@ def test_scan_points_mass_floor(generator, floor):
     centre = 0.5 * (edges[1:] + edges[:-1])
     sharp = torch.exp(-0.5 * ((centre - 1.2345) / 3e-4) ** 2)[None]  # ~ the network's width at SNR 10
     probs = torch.cat([sharp, torch.rand(4, 800, generator=generator, dtype=torch.float64) ** 8, torch.ones(1, 800)])
-    scan = scan_points(probs, edges, grid, step, 24, min_mass=floor)
+    scan = scan_points(probs, edges, grid, step, 24, min_mass=floor, max_missing=1.0)
     masses = _reference_masses(probs, edges, grid, step)
     for b in range(probs.shape[0]):
         order = torch.argsort(masses[b], descending=True, stable=True)
@@ -90,6 +90,35 @@ def test_scan_points_mass_floor(generator, floor):
     assert scan[-1].sum() == (24 if floor < 0.5 * 3 / 400 else N_MIN)  # flat: every cell holds ~3/400
     with pytest.raises(ValueError, match="min_mass"):
         scan_points(probs, edges, grid, step, 24, min_mass=-1.0)
+
+
+def test_scan_points_widen_where_the_network_is_unsure(generator):
+    """A row whose scanned cells leave out more than max_missing of its P(z) scans the whole grid; a sharp one does
+    not; the missing mass is the brute-force mass of bins whose centre lies in no scanned cell."""
+    from zfast.bins import normalised_probs
+    from zfast.hybrid import missing_mass
+
+    edges = zfast.redshift_bin_edges(1.0, 1.8, 800)
+    step = 2e-3
+    grid = coarse_grid((1.0, 1.8), step)
+    centre = 0.5 * (edges[1:] + edges[:-1])
+    bump = lambda z0, w: torch.exp(-0.5 * ((centre - z0) / w) ** 2)  # noqa: E731
+    sharp = bump(1.2345, 3e-4)
+    two = bump(1.2345, 3e-4) + 0.3 * bump(1.61, 3e-4)  # the second peak holds ~13 % of the mass
+    probs = torch.stack([sharp, two, torch.ones(800)]).double()
+    few = scan_points(probs, edges, grid, step, 3, min_mass=0.0, max_missing=1.0)  # 3 points: only the first peak
+    p, e = normalised_probs(probs, edges)
+    mid = 0.5 * (e[1:] + e[:-1])  # the bins' centres as missing_mass sees them (float64)
+    brute = torch.tensor([[float(p[b, c]) if not any(abs(float(mid[c]) - float(grid[k])) <= 1.5 * step + 1e-12
+                                                       for k in torch.nonzero(few[b]).flatten().tolist()) else 0.0
+                           for c in range(800)] for b in range(3)], dtype=torch.float64).sum(dim=1)  # fmt: skip
+    torch.testing.assert_close(missing_mass(p, e, grid, step, few), brute.double(), rtol=0, atol=1e-12)
+    assert brute[0] < 0.01 and 0.1 < brute[1] < 0.3 and brute[2] > 0.9
+    wide = scan_points(probs, edges, grid, step, 3, min_mass=0.0, max_missing=0.05)
+    assert torch.equal(wide[0], few[0]) and wide[1].all() and wide[2].all()
+    assert torch.equal(scan_points(probs, edges, grid, step, 3, min_mass=0.0, max_missing=0.5)[1], few[1])
+    with pytest.raises(ValueError, match="max_missing"):
+        scan_points(probs, edges, grid, step, 3, max_missing=-0.1)
 
 
 def _spectra(noise, n, seed):
@@ -181,8 +210,14 @@ def test_predict_with_template_points(model, trained, tmp_path, capsys):
         rows = list(csv.DictReader(stream))
     api = zfast.predict(model, instrument.wavelength, flux[:5], ivar[:5], templates="default", template_points=1)
     np.testing.assert_allclose([float(r["Z_TEMPLATE"]) for r in rows], api["z_template"].numpy(), rtol=0, atol=1e-6)
-    # One point scanned: no other window was looked at, so DELTACHI2_TEMPLATE is +inf (the full fit's is finite).
-    assert all(math.isinf(float(r["DELTACHI2_TEMPLATE"])) for r in rows)
+    # One point scanned: no other window was looked at, so DELTACHI2_TEMPLATE is +inf (the full fit's is finite) --
+    # except where that point's cell misses more than MAX_MISSING of the P(z): those scan the whole grid.
+    one = scan_points(api_pz := zfast.predict(model, instrument.wavelength, flux[:5], ivar[:5], pz=True)["pz"],
+                      model.bin_edges, grid, 2e-3, 1)  # fmt: skip
+    widened = one.sum(dim=1) == grid.numel()
+    assert ((one.sum(dim=1) <= N_MIN) | widened).all() and api_pz.shape[0] == 5
+    for r, wide in zip(rows, widened.tolist()):
+        assert math.isinf(float(r["DELTACHI2_TEMPLATE"])) != wide
     assert torch.isfinite(full["template_deltachi2"][:5]).all()
     for bad in (["--template-points", "24"], ["--templates", "default", "--template-points", "0"]):
         capsys.readouterr()

@@ -26,19 +26,24 @@ N_POINTS = 24  # coarse points scanned per spectrum at most (of 400 at step 2e-3
 REACH = 1.5  # each point's cell, in coarse steps either side
 MIN_MASS = 1e-4  # of those, points whose cell holds less P(z) mass are not scanned ...
 N_MIN = 3  # ... except the N_MIN with the most: a peak and its two neighbours (docs/hybrid.md, "Mass floor")
+MAX_MISSING = 0.05  # a spectrum whose scanned cells miss more of its P(z) than this scans every point (the full fit)
 
 
 def scan_points(probs: torch.Tensor, bin_edges, grid: torch.Tensor, step: float, n_points: int = N_POINTS,
-                min_mass: Optional[float] = None) -> torch.Tensor:  # fmt: skip
+                min_mass: Optional[float] = None, max_missing: Optional[float] = None) -> torch.Tensor:  # fmt: skip
     """bool [B, K]: for each row of P(z) ``probs`` [B, C] over ``bin_edges`` [C + 1], the ``n_points`` points of the
     coarse grid ``grid`` [K] (spacing ``step``; ``zfast.template_fit.coarse_grid``) whose cells z ± REACH·step hold
     the most mass (ties: the lower z), for ``library_fit_redshift(scan=...)``; of those, the ones whose cell holds
     less than ``min_mass`` (default ``MIN_MASS``; 0 keeps all) are dropped, except the ``N_MIN`` with the most mass.
-    All K when n_points >= K.
+    A row whose chosen cells leave out more than ``max_missing`` (default ``MAX_MISSING``; >= 1 never) of its P(z)
+    (the mass of bins whose centre lies in no chosen cell) scans all K. All K when n_points >= K.
 
     Why the floor: a confident spectrum's P(z) (σ ~ 1e-4 (1+z), a tenth of a step) puts nearly all its mass in two or
     three cells, and the other 21 points of its 24 cost as much to score as they are unlikely to hold the truth;
-    an ambiguous spectrum's cells all hold more than the floor and it keeps its 24."""
+    an ambiguous spectrum's cells all hold more than the floor and it keeps its 24. Why the widening: where the
+    network itself says the truth may lie outside its 24 points (a broad or many-peaked P(z), mostly at SNR <= 3),
+    only the full scan can find it there; spending the full fit on those spectra alone is what makes the hybrid
+    as accurate as the full fit at SNR 3 (docs/hybrid.md)."""
     if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
         raise ValueError(f"n_points must be a positive integer, got {n_points!r}")
     min_mass = MIN_MASS if min_mass is None else float(min_mass)
@@ -58,4 +63,23 @@ def scan_points(probs: torch.Tensor, bin_edges, grid: torch.Tensor, step: float,
     keep = top.values >= min_mass
     keep[:, : min(N_MIN, n_points)] = True
     chosen = torch.where(keep, top.indices, top.indices[:, :1])  # dropped ones repeat the first: scatter is idempotent
-    return torch.zeros(p.shape[0], k, dtype=torch.bool, device=p.device).scatter_(1, chosen, True)
+    scan = torch.zeros(p.shape[0], k, dtype=torch.bool, device=p.device).scatter_(1, chosen, True)
+    max_missing = MAX_MISSING if max_missing is None else float(max_missing)
+    if not max_missing >= 0.0:
+        raise ValueError(f"max_missing must be >= 0, got {max_missing!r}")
+    if max_missing < 1.0:
+        scan |= (missing_mass(p, edges, grid, step, scan) > max_missing)[:, None]
+    return scan
+
+
+def missing_mass(p: torch.Tensor, edges: torch.Tensor, grid: torch.Tensor, step: float, scan: torch.Tensor) -> torch.Tensor:
+    """[B] float64: the mass of normalised P(z) ``p`` [B, C] (bins ``edges`` [C + 1]) in bins whose centre lies in
+    none of the scanned cells (``scan`` [B, K] over ``grid`` [K] of spacing ``step``; cell = point ± REACH·step).
+    Each centre has at most 2·REACH + 1 points within reach: those are gathered, not a [B, C, K] comparison."""
+    centre = 0.5 * (edges[1:] + edges[:-1])  # [C]
+    reach = int(REACH) + 1
+    nearest = torch.round((centre - grid[0]) / step).long()
+    candidates = (nearest[:, None] + torch.arange(-reach, reach + 1, device=p.device)).clamp(0, grid.numel() - 1)  # [C, R]
+    within = (centre[:, None] - grid[candidates]).abs() <= REACH * step * (1 + 1e-12)  # [C, R]
+    covered = (scan[:, candidates] & within).any(dim=2)  # [B, C]
+    return (p * ~covered).sum(dim=1)

@@ -460,8 +460,8 @@ def predict(model: Union[Model, str, os.PathLike, list], wavelength, flux=None, 
             template_deltachi2 (χ² of the best fit at least 0.01(1+z) away less the best's, over template_rchi2
             when that is above 1, or always without ``ivar``).
         template_points (int, optional): with ``templates``, the network proposes and the templates confirm: the
-            fit scans only the ``template_points`` coarse z points (of 400) where the network's P(z) has the most
-            mass (``zfast.hybrid``; 24 matched the full fit's accuracy at SNR 10, docs/hybrid.md). Binned models.
+            fit scans at most the ``template_points`` coarse z points (of 400) where the network's P(z) has the most
+            mass, all 400 where those miss > 5 % of it (``zfast.hybrid``; 24: the full fit's η or better, docs/hybrid.md); binned models.
 
     Returns:
         dict of CPU tensors [B]: z, z_err, z_lo68, z_hi68 (float64), valid_fraction, snr, ood_score, p_outside

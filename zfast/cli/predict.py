@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "'training' (the checkpoint's training SEDs), 'default' (the built-in library) or a library file "
                              "(slow: every SED at every redshift; see docs/predict.md)")
     parser.add_argument("--template-points", type=int, default=None, metavar="N",
-                        help="with --templates: fit only at the N coarse redshifts (of 400) where the network's P(z) "
-                             "has the most mass (24 matched the full fit at SNR 10; docs/hybrid.md)")
+                        help="with --templates: fit only at (at most) the N coarse redshifts (of 400) where the network's "
+                             "P(z) has the most mass, at all 400 where those miss more than 5 %% of it (24: the full "
+                             "fit's accuracy or better at 1.1-2.7x its speed; docs/hybrid.md)")
     return parser
 
 
