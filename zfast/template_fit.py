@@ -49,8 +49,8 @@ def template_chi2(library: SEDLibrary, instrument: Instrument, sed: torch.Tensor
     (``fit_weights``) against their own templates, library SEDs ``sed`` [B], at the redshifts ``z`` [B, K]
     (free amplitude per row and z)."""
     b, k = z.shape
-    templates = library.redshift_resample(sed.repeat_interleave(k), z.reshape(-1), instrument.wave_edges.to(flux.device))
-    templates = instrument.convolve_lsf(templates).reshape(b, k, -1).double()
+    templates = rendered(library, instrument, sed.repeat_interleave(k), z.reshape(-1), instrument.wave_edges.to(flux.device))[0]
+    templates = templates.reshape(b, k, -1).double()
     wf = (weight * flux)[:, None, :]
     cross = (templates * wf).sum(dim=2)
     power = (templates.square() * weight[:, None, :]).sum(dim=2)

@@ -28,6 +28,7 @@ Conventions (written once here):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -43,6 +44,17 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 EUCLID_LINE_FLUX_LIMIT = 2e-16  # erg s⁻¹ cm⁻², at SNR 3.5 over two resolution elements
 EUCLID_LINE_SNR_AT_LIMIT = 3.5
 SPEED_OF_LIGHT_ANGSTROM = 2.99792458e18  # Å/s
+
+
+@functools.lru_cache(maxsize=64)
+def _lsf_kernel(sigma: float) -> torch.Tensor:
+    """The Gaussian of ``sigma`` pixels integrated over pixel offsets -h..h (h = ceil(5σ), at least 1), normalised,
+    float64 on the CPU. Cached: the template fit asks for it once per rendered z (~1,000 times a batch)."""
+    half = max(1, math.ceil(5 * sigma))
+    offsets = torch.arange(-half, half + 2, dtype=torch.float64) - 0.5  # pixel edges around the centre
+    cdf = 0.5 * (1 + torch.erf(offsets / (sigma * math.sqrt(2))))
+    kernel = cdf[1:] - cdf[:-1]
+    return kernel / kernel.sum()
 
 
 @dataclass(frozen=True)
@@ -158,12 +170,7 @@ class Instrument:
         if self.lsf_fwhm is None:
             return None
         pixel = (self.wave_edges[1] - self.wave_edges[0]).item()
-        sigma = self.lsf_fwhm / FWHM_PER_SIGMA / pixel
-        half = max(1, math.ceil(5 * sigma))
-        offsets = torch.arange(-half, half + 2, dtype=torch.float64) - 0.5  # pixel edges around the centre
-        cdf = 0.5 * (1 + torch.erf(offsets / (sigma * math.sqrt(2))))
-        kernel = cdf[1:] - cdf[:-1]
-        return (kernel / kernel.sum()).to(device=device, dtype=dtype)
+        return _lsf_kernel(self.lsf_fwhm / FWHM_PER_SIGMA / pixel).to(device=device, dtype=dtype, copy=True)  # callers may write
 
     def convolve_lsf(self, flux: torch.Tensor) -> torch.Tensor:
         """flux [B, M] convolved with the LSF (edge pixels replicated outwards); unchanged without an LSF."""
