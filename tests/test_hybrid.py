@@ -135,8 +135,12 @@ def test_a_full_scan_is_the_full_fit_and_a_partial_one_is_the_full_fit_where_it_
     grid = coarse_grid((1.0, 1.8), step)
     full = library_fit_redshift(library, instrument, flux, ivar, seds, step=step)
     everywhere = library_fit_redshift(library, instrument, flux, ivar, seds, step=step, scan=torch.ones(9, grid.numel(), dtype=torch.bool))
-    for key in ("z", "sed", "chi2", "z_err", "chi2_grid", "log_like_grid"):
-        torch.testing.assert_close(everywhere[key], full[key], rtol=0, atol=0)
+    assert torch.equal(everywhere["sed"], full["sed"])
+    for key in ("z", "chi2", "z_err", "chi2_grid", "log_like_grid"):
+        # To the last bits only: the scanned path gathers its rows into fresh tensors, and in a long pytest run their
+        # alignment (hence MKL's and torch's vector loops' summation order) can differ from the slice's (seen once
+        # in CI: one z_err 4e-16 apart).
+        torch.testing.assert_close(everywhere[key], full[key], rtol=1e-12, atol=0)
     # Each spectrum scans a random window of 15 points holding its true z, plus 5 random points.
     scan = torch.zeros(9, grid.numel(), dtype=torch.bool)
     for b in range(9):
