@@ -33,20 +33,10 @@ def all_statistics(taps):
 
 
 @pytest.mark.parametrize("provider", ["native", "spec"])
-def test_channel_stats(benchmark, device, provider, monkeypatch):
-    if device.type != "cpu":
-        pytest.skip("the native channel_stats op is CPU only")
-    assert channel_stats.available(device), "zfast's native module is not importable: nothing native to time"
-    taps = activations()
-    native = all_statistics(taps)
-    monkeypatch.setattr(channel_stats, "available", lambda device: False)
-    spec = all_statistics(taps)
-    for a, b in zip(native, spec):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    if provider == "native":
-        monkeypatch.undo()
-    benchmark.group = f"channel_stats B={BATCH}, 9 taps"
-    benchmark.extra_info.update(provider=provider, threads=torch.get_num_threads())
-    benchmark(all_statistics, taps)
-    if benchmark.stats is not None:
-        benchmark.extra_info["spectra_per_s"] = BATCH / benchmark.stats.stats.mean
+def test_channel_stats(native_or_spec, provider):
+    def compare(native, spec):
+        for a, b in zip(native, spec):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+    native_or_spec(channel_stats, provider, all_statistics, (activations(),), compare,
+                   f"channel_stats B={BATCH}, 9 taps", BATCH)  # fmt: skip

@@ -46,20 +46,9 @@ def post(logits, snr, calibration, edges):
 
 
 @pytest.mark.parametrize("provider", ["native", "spec"])
-def test_pz_post(benchmark, device, provider, monkeypatch):
-    if device.type != "cpu":
-        pytest.skip("the native pz_post op is CPU only")
-    assert pz_post.available(device), "zfast's native module is not importable: nothing native to time"
-    args = inputs()
-    native = post(*args)
-    monkeypatch.setattr(pz_post, "available", lambda device: False)
-    spec = post(*args)
-    torch.testing.assert_close(native[0].z_mode, spec[0].z_mode, rtol=0, atol=1e-12)
-    torch.testing.assert_close(native[1].p, spec[1].p, rtol=0, atol=1e-14)
-    if provider == "native":
-        monkeypatch.undo()
-    benchmark.group = f"pz_post B={BATCH} K={N_BINS}"
-    benchmark.extra_info.update(provider=provider, threads=torch.get_num_threads())
-    benchmark(post, *args)
-    if benchmark.stats is not None:
-        benchmark.extra_info["spectra_per_s"] = BATCH / benchmark.stats.stats.mean
+def test_pz_post(native_or_spec, provider):
+    def compare(native, spec):
+        torch.testing.assert_close(native[0].z_mode, spec[0].z_mode, rtol=0, atol=1e-12)
+        torch.testing.assert_close(native[1].p, spec[1].p, rtol=0, atol=1e-14)
+
+    native_or_spec(pz_post, provider, post, inputs(), compare, f"pz_post B={BATCH} K={N_BINS}", BATCH)

@@ -35,20 +35,10 @@ def batch():
 
 
 @pytest.mark.parametrize("provider", ["native", "spec"])
-def test_spectra_resample(benchmark, device, provider, monkeypatch):
-    if device.type != "cpu":
-        pytest.skip("the native spectra_resample op is CPU only")
-    assert spectra_resample.available(device), "zfast's native module is not importable: nothing native to time"
-    args = batch()
-    native = predict_module.resample(*args)
-    monkeypatch.setattr(spectra_resample, "available", lambda device: False)
-    spec = predict_module.resample(*args)
-    for a, b in zip(native, spec):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=0.0, equal_nan=True)
-    if provider == "native":
-        monkeypatch.undo()
-    benchmark.group = f"spectra_resample B={BATCH}, 530 -> 512 pixels"
-    benchmark.extra_info.update(provider=provider, threads=torch.get_num_threads())
-    benchmark(predict_module.resample, *args)
-    if benchmark.stats is not None:
-        benchmark.extra_info["spectra_per_s"] = BATCH / benchmark.stats.stats.mean
+def test_spectra_resample(native_or_spec, provider):
+    def compare(native, spec):
+        for a, b in zip(native, spec):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=0.0, equal_nan=True)
+
+    native_or_spec(spectra_resample, provider, predict_module.resample, batch(), compare,
+                   f"spectra_resample B={BATCH}, 530 -> 512 pixels", BATCH)  # fmt: skip

@@ -40,3 +40,28 @@ def bench_checkpoint(tmp_path_factory) -> str:
                         "--out", str(out)])  # fmt: skip
         path = out / "best.pt"
     return str(path)
+
+
+@pytest.fixture
+def native_or_spec(benchmark, device, monkeypatch):
+    """``time(module, provider, run, args, compare, group, n)``: the benchmark of a native CPU op against its torch
+    spec. ``module.available`` switches the op; ``run(*args)`` is timed with the op (provider "native") or without
+    it ("spec"), after both results were computed and ``compare(native, spec)`` checked them (so a broken op is not
+    timed); ``n`` spectra per call give ``extra_info["spectra_per_s"]``."""
+
+    def time(module, provider, run, args, compare, group, n):
+        if device.type != "cpu":
+            pytest.skip(f"the native op of {module.__name__} is CPU only")
+        assert module.available(device), "zfast's native module is not importable: nothing native to time"
+        native = run(*args)
+        monkeypatch.setattr(module, "available", lambda device: False)
+        compare(native, run(*args))
+        if provider == "native":
+            monkeypatch.undo()
+        benchmark.group = group
+        benchmark.extra_info.update(provider=provider, threads=torch.get_num_threads())
+        benchmark(run, *args)
+        if benchmark.stats is not None:
+            benchmark.extra_info["spectra_per_s"] = n / benchmark.stats.stats.mean
+
+    return time

@@ -184,11 +184,12 @@ def _checked_spectra(instrument: Instrument, flux: torch.Tensor, ivar: torch.Ten
 def rendered(library: SEDLibrary, instrument: Instrument, seds: torch.Tensor, z: torch.Tensor, edges: torch.Tensor) -> tuple:
     """(templates [S, M], their squares) float32: SEDs ``seds`` [S] at redshifts ``z`` [S] on ``edges``, through the
     instrument's LSF. On the CPU one native pass (``zfast.ops.redshift_resample.render_templates``: the row is
-    convolved while in L1); elsewhere ``redshift_resample`` then ``Instrument.convolve_lsf_square``."""
+    convolved while in L1); elsewhere ``redshift_resample`` then ``Instrument.convolve_lsf`` and the square."""
     kernel = instrument.lsf_kernel(dtype=torch.float32)
     if kernel is not None and render_templates_available(library.device):
         return render_templates(library.cumulative, seds, z, edges, library.ln_edge0, library.dln, kernel)
-    return instrument.convolve_lsf_square(library.redshift_resample(seds, z, edges))
+    templates = instrument.convolve_lsf(library.redshift_resample(seds, z, edges))
+    return templates, templates.square()
 
 
 def _coarse_scores(library: SEDLibrary, instrument: Instrument, seds: torch.Tensor, grid: torch.Tensor, flux: torch.Tensor,

@@ -35,7 +35,6 @@ from typing import Optional
 
 import torch
 
-from ..ops import lsf_convolve
 from .lines import EW_BLUE_CONTINUUM, EW_LINE_WINDOW, EW_RED_CONTINUUM
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -182,16 +181,6 @@ class Instrument:
         # One group per spectrum: faster on the CPU than a single-channel conv over a batch (docs/kernels.md).
         weights = kernel.flip(0).expand(flux.shape[0], 1, kernel.numel())
         return torch.nn.functional.conv1d(padded[None], weights, groups=flux.shape[0])[0]
-
-    def convolve_lsf_square(self, flux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(``convolve_lsf(flux)``, its square) for templates [S, M] (no gradient): on the CPU the native op
-        ``zfast.ops.lsf_convolve`` does both in one pass (the template fit's rendering, docs/hybrid.md); equal to
-        ``convolve_lsf`` to a few ulps. Training keeps ``convolve_lsf``, so its random streams' spectra are unchanged."""
-        kernel = self.lsf_kernel(flux.device, flux.dtype)
-        if kernel is not None and flux.dim() == 2 and not flux.requires_grad and lsf_convolve.available(flux.device):
-            return lsf_convolve.lsf_convolve_square(flux, kernel)
-        out = self.convolve_lsf(flux)
-        return out, out.square()
 
     def euclid_sigma(self) -> float:
         """σ_f per pixel (erg s⁻¹ cm⁻² Å⁻¹) at which a 2e-16 erg s⁻¹ cm⁻² line over two resolution elements has

@@ -2,11 +2,11 @@
 outwards, optionally with the squares of the result (``zfast.data.instrument.Instrument.convolve_lsf``'s torch
 lines are the spec, the tests' oracle and the fallback off the CPU).
 
-Why native: the template fit renders every SED of its library at every scanned z and convolves each with the LSF;
-in torch that is a replicate pad (a copy) and a grouped conv1d with one group per SED, then a square for the χ²
-products — 4.7 s of a 14 s hybrid fit of 4,096 spectra with 7,200 SEDs on 2 cores, more than the matrix products
-(docs/hybrid.md). One pass per row in L1 does all three. The two agree to a few float32 ulps (a different
-summation order than oneDNN's).
+Its row maths (``csrc/lsf_convolve/lsf_convolve.h``) is what the template fit's rendering
+(``zfast.ops.redshift_resample.render_templates``) runs on each row while it is in L1; alone, on rows already in
+memory, it is memory-bound (4.6 against torch's 5.9 ms for [7,200, 512] float32 with squares, docs/kernels.md),
+so zfast calls the fused rendering, and these ops are that maths' tested entry (any kernel, odd sizes). The two
+agree with torch's convolution to a few float32 ulps (a different summation order than oneDNN's).
 """
 
 from __future__ import annotations
