@@ -161,15 +161,29 @@ def test_shift_resnet_branch_is_redshift_equivariant_and_starts_at_zero():
     spectrum[0, 150:330] = torch.randn(180, generator=generator)
 
     def scores(log_flux):
-        mid = model.features[: model.tap](log_flux[:, None, :])
-        padded = nn.functional.pad(model.project(mid), (model.n_shifts - 1, model.n_shifts - 1))
-        return nn.functional.conv1d(padded, model.templates)
+        return model.template_scores(model.project(model.features[: model.tap](log_flux[:, None, :])))
 
     with torch.no_grad():
         a, b = scores(spectrum), scores(torch.roll(spectrum, 8, dims=1))
     assert a.abs().max() > 0.01
     torch.testing.assert_close(b[:, :, 1:], a[:, :, :-1], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(b, a, rtol=1e-3, atol=1e-4)
+    # The FFT correlation is the direct one: conv1d of the padded features with the templates (float64 reference),
+    # values and gradients, on fresh random features and templates.
+    projected = torch.randn(4, model.project.out_channels, model.length, generator=generator, requires_grad=True)
+    templates = model.templates.detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        model.templates.copy_(templates)
+    reference = nn.functional.conv1d(nn.functional.pad(projected.double(), (model.n_shifts - 1, model.n_shifts - 1)),
+                                     templates.double())  # fmt: skip
+    fast = model.template_scores(projected)
+    assert fast.shape == reference.shape == (4, model.n_sub, model.n_shifts)
+    torch.testing.assert_close(fast.double(), reference, rtol=0, atol=1e-5 * float(reference.detach().abs().max()))
+    weights = torch.randn(reference.shape, generator=generator, dtype=torch.float64)
+    grad_f, grad_w = torch.autograd.grad((fast.double() * weights).sum(), [projected, model.templates])
+    ref_f, ref_w = torch.autograd.grad((reference * weights).sum(), [projected, templates])
+    torch.testing.assert_close(grad_f.double(), ref_f.double(), rtol=0, atol=1e-5 * float(ref_f.abs().max()))
+    torch.testing.assert_close(grad_w.double(), ref_w.double(), rtol=0, atol=1e-5 * float(ref_w.abs().max()))
     with pytest.raises(ValueError, match="binned estimator"):
         build_model("resnet1d-shift", 512, "regression", 800, wave_edges=edges, z_range=(1.0, 1.8))
     with pytest.raises(ValueError, match="binned estimator"):

@@ -20,7 +20,7 @@ struct Params {
   int64_t length = 0;
   int64_t stride_b = 0;  // elements
   int64_t stride_c = 0;
-  int64_t stride_l = 0;
+  int64_t stride_l = 0;  // stride_c == 1 (channels-last) or stride_l == 1 (contiguous): the caller copies others
   float* out = nullptr;  // [B, 2C]: the C means, then the C standard deviations
 };
 
