@@ -184,6 +184,16 @@ def test_shift_resnet_branch_is_redshift_equivariant_and_starts_at_zero():
     ref_f, ref_w = torch.autograd.grad((reference * weights).sum(), [projected, templates])
     torch.testing.assert_close(grad_f.double(), ref_f.double(), rtol=0, atol=1e-5 * float(ref_f.abs().max()))
     torch.testing.assert_close(grad_w.double(), ref_w.double(), rtol=0, atol=1e-5 * float(ref_w.abs().max()))
+    # The whole forward pass against the branch written with nn.Conv1d (the projection) and conv1d (the correlation).
+    batch = torch.randn(5, 512, generator=generator)
+    with torch.no_grad():
+        mid = model.features[: model.tap]((batch @ model.resample)[:, None, :])
+        padded = nn.functional.pad(model.project(mid), (model.n_shifts - 1, model.n_shifts - 1))
+        direct = nn.functional.conv1d(padded, model.templates)
+        logits = model.head(model.features[model.tap :](mid))
+        expected = logits.clone()
+        expected[:, : model.n_bins] += direct.transpose(1, 2).reshape(5, -1) @ model.interp
+        torch.testing.assert_close(model(batch), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     with pytest.raises(ValueError, match="binned estimator"):
         build_model("resnet1d-shift", 512, "regression", 800, wave_edges=edges, z_range=(1.0, 1.8))
     with pytest.raises(ValueError, match="binned estimator"):
