@@ -69,11 +69,10 @@ class ShiftResNet1D(LogGridResNet1D):
         # The 1x1 projection as a matmul over the channels of mid's channels-last memory ([B, L, C]): its gradient
         # then comes back channels-last, as the trunk's own does; nn.Conv1d's came back contiguous, and the mixed
         # layouts sent the trunk's BatchNorm backward down a slow path (training step 310 -> 245 ms per 282 spectra).
-        weight = self.project.weight[:, :, 0]
-        projected = (mid.transpose(1, 2) @ weight.T.to(mid.dtype) + self.project.bias.to(mid.dtype)).transpose(1, 2)
-        scores = self.template_scores(projected)  # [B, n_sub, n_shifts]: score of shift j, sub-step r
+        projected = (mid.transpose(1, 2) @ self.project.weight[:, :, 0].T + self.project.bias).transpose(1, 2)
+        scores = self.template_scores(projected)  # [B, n_sub, n_shifts] float32: score of shift j, sub-step r
         fine = scores.transpose(1, 2).reshape(scores.shape[0], -1).to(logits.dtype)  # f = j·n_sub + r
-        shift_logits = fine @ self.interp.to(logits.dtype)
+        shift_logits = fine @ self.interp
         return torch.cat([logits[:, : self.n_bins] + shift_logits, logits[:, self.n_bins :]], dim=1)
 
     def template_scores(self, projected: torch.Tensor) -> torch.Tensor:
