@@ -125,6 +125,38 @@ def test_log_grid_resnet_resamples_onto_log_lambda_conserving_flux():
         build_model("resnet1d-log", 512, "distribution", 800, wave_edges=edges.flip(0))
 
 
+def test_log_grid_keeps_masked_pixels_clean_zeros():
+    """Masked pixels (exact zeros) do not leak into their valid neighbours on the log grid: each log pixel is the
+    overlap-weighted mean of the valid instrument pixels under it (float64 reference from the pixel edges), 0
+    where none is valid; without masks, the plain flux-conserving resampling."""
+    from zfast.data.instrument import Instrument
+
+    edges = Instrument.preset("euclid-nisp-red").wave_edges
+    model = build_model("resnet1d-log", 512, "distribution", 800, wave_edges=edges)
+    n_log = model.resample.shape[1]
+    span = math.log(edges[-1].item() / edges[0].item())
+    log_edges = edges[0] * torch.exp(torch.arange(n_log + 1, dtype=torch.float64) * span / n_log)
+    log_edges[-1] = edges[-1]
+    overlap = (torch.minimum(log_edges[None, 1:], edges[1:, None]) - torch.maximum(log_edges[None, :-1], edges[:-1, None])).clamp_min(0)
+    g = torch.Generator().manual_seed(11)
+    flux = 1 + 0.3 * torch.randn(6, 512, dtype=torch.float64, generator=g)
+    valid = torch.rand(6, 512, generator=g) > torch.tensor([0.0, 0.02, 0.1, 0.3, 0.7, 1.0])[:, None]
+    valid[2, 200:241] = False  # a gap as well as scattered pixels
+    flux = torch.where(valid, flux, 0.0)
+    weight = valid.double() @ overlap
+    expected = torch.where(weight > 0, (flux @ overlap) / weight.clamp_min(1e-300), 0.0)
+    got = model.to_log_grid(flux.float()).double()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert bool(got[5].eq(0).all()) and bool(got[2, (log_edges[1:] > edges[201]) & (log_edges[:-1] < edges[240])].eq(0).all())
+    # A masked constant stays that constant on every log pixel touching a valid pixel (no partial dips toward 0).
+    constant = model.to_log_grid(torch.where(valid, 2.5, 0.0).float()).double()
+    torch.testing.assert_close(constant[weight > 0], torch.full_like(constant[weight > 0], 2.5), rtol=1e-5, atol=0)
+    assert int((weight > 0).sum()) > 0.5 * 6 * n_log
+    plain = (flux.float() @ model.resample).double()
+    assert (plain - got).abs().max() > 0.1  # the masks do make a difference ...
+    torch.testing.assert_close(got[0], plain[0], rtol=1e-5, atol=1e-5)  # ... and none without masks
+
+
 def test_shift_resnet_branch_is_redshift_equivariant_and_starts_at_zero():
     from zfast.bins import redshift_bin_edges
     from zfast.data.instrument import Instrument

@@ -125,8 +125,8 @@ def resnet_model(tmp_path_factory):
     """A small ResNet1D (~15 s on 2 cores): with it, the penultimate features alone did not separate the
     garbage below from galaxies (its features sit near the training mean); the layer statistics do."""
     out = tmp_path_factory.mktemp("resnet")
-    train_cli.main(["--preset", "quick", "--n-bins", "80", "--steps", "150", "--eval-every", "150", "--n-val", "512",
-                "--n-test", "64", "--batch-size", "64", "--out", str(out)])  # fmt: skip
+    train_cli.main(["--preset", "quick", "--model", "resnet1d", "--n-bins", "80", "--steps", "150", "--eval-every", "150",
+                    "--n-val", "512", "--n-test", "64", "--batch-size", "64", "--out", str(out)])  # fmt: skip
     return zfast.load_model(out / "best.pt", "cpu")
 
 

@@ -35,7 +35,7 @@ def test_a_run_writes_its_folder(tmp_path):
     for name in ("config.json", "splits.json", "last.pt", "best.pt", "metrics.csv", "metrics.json"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
-    assert config["steps"] == 6 and config["model"] == "resnet1d"
+    assert config["steps"] == 6 and config["model"] == "resnet1d-shift"
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("step,train_loss") and [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
     results = json.loads((out / "metrics.json").read_text())["test"]

@@ -40,6 +40,20 @@ class LogGridResNet1D(ResNet1D):
         resample = rebin_edges_reference(torch.eye(n_pixels, dtype=torch.float64), edges, log_edges, 0.0)
         self.register_buffer("resample", resample.float(), persistent=False)
 
+    def to_log_grid(self, flux: torch.Tensor) -> torch.Tensor:
+        """[B, n_pixels] normalised flux (0 on masked pixels, as ``zfast.predict`` and the training pipeline give
+        it) -> [B, n_log]: each log pixel the mean of the valid input pixels it overlaps, 0 where none is valid.
+
+        Why not ``flux @ resample`` alone: a log pixel straddling a masked pixel then averages its valid part with
+        the mask's zero, and a scattered mask becomes a row of partial dips that look like absorption lines
+        (measured: 10 % of pixels masked at random raised ResNet1D-shift's real-galaxy η at SNR 10 1.4-fold,
+        docs/real_galaxies.md). Dividing by the resampled validity keeps each mask a clean zero with sharp edges,
+        as the linear-grid ResNet1D sees it. Exact zeros are masks: a normalised valid pixel is never exactly 0
+        in float32 (its continuum is ~1 and noise is continuous)."""
+        weight = (flux != 0).to(flux.dtype) @ self.resample
+        total = flux @ self.resample
+        return torch.where(weight > 1e-4, total / weight.clamp_min(1e-4), torch.zeros_like(total))
+
     def forward(self, flux: torch.Tensor) -> torch.Tensor:
         flux = flux if flux.dim() == 2 else flux[:, 0, :]
-        return super().forward(flux @ self.resample)
+        return super().forward(self.to_log_grid(flux))

@@ -63,7 +63,7 @@ class ShiftResNet1D(LogGridResNet1D):
 
     def forward(self, flux: torch.Tensor) -> torch.Tensor:
         flux = flux if flux.dim() == 2 else flux[:, 0, :]
-        x = (flux @ self.resample)[:, None, :]
+        x = self.to_log_grid(flux)[:, None, :]
         mid = self.features[: self.tap](x)
         logits = self.head(self.features[self.tap :](mid))
         # The 1x1 projection as a matmul over the channels of mid's channels-last memory ([B, L, C]): its gradient
