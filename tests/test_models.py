@@ -292,3 +292,28 @@ def test_fold_batchnorm_computes_what_the_network_computed(name):
     assert (left == before) if name == "paper-cnn" else (left == 0 and before > 0)
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(network.train())
+
+
+def test_shift_resnet_fft_length_is_the_smallest_5_smooth_that_holds_the_templates():
+    import bisect
+
+    from zfast.data.instrument import Instrument
+    from zfast.models.shift_resnet import smooth_length
+
+    smooth = sorted({2**a * 3**b * 5**c for a in range(11) for b in range(7) for c in range(5)})
+    for k in range(1, 700):
+        assert smooth_length(k) == smooth[bisect.bisect_left(smooth, k)], k
+    # The circular correlation of that length is the direct one on other geometries too (odd L, few / many
+    # shifts): fresh random features and templates against conv1d in float64.
+    edges = Instrument.preset("euclid-nisp-red").wave_edges
+    generator = torch.Generator().manual_seed(17)
+    for z_range, n_bins in (((1.0, 1.05), 50), ((0.6, 2.4), 900)):
+        model = build_model("resnet1d-shift", 512, "distribution", n_bins, wave_edges=edges, z_range=z_range)
+        for length in (model.length, 37):
+            model.templates = nn.Parameter(torch.randn(model.n_sub, 4, length + model.n_shifts - 1, generator=generator))
+            projected = torch.randn(3, 4, length, generator=generator)
+            padded = nn.functional.pad(projected.double(), (model.n_shifts - 1, model.n_shifts - 1))
+            reference = nn.functional.conv1d(padded, model.templates.double())
+            fast = model.template_scores(projected)
+            assert fast.shape == reference.shape
+            torch.testing.assert_close(fast.double(), reference, rtol=0, atol=1e-5 * float(reference.detach().abs().max()))

@@ -10,6 +10,19 @@ from torch import nn
 from .log_grid_resnet import LogGridResNet1D
 
 
+def smooth_length(k: int) -> int:
+    """The smallest n >= k whose prime factors are all 2, 3 or 5 (FFT lengths that pocketfft and cuFFT do fast)."""
+    n = max(int(k), 1)
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
 class ShiftResNet1D(LogGridResNet1D):
     """LogGridResNet1D plus a redshift-equivariant branch: learned rest-frame templates slid over its features.
 
@@ -80,13 +93,17 @@ class ShiftResNet1D(LogGridResNet1D):
         trial shift j, Σ_c Σ_x W_r[c, x - j + n_shifts - 1] F[c, x], the correlation of the features with the
         templates at every shift (what ``conv1d(pad(F, n_shifts - 1 both sides), templates)`` computes).
 
-        Computed through real FFTs of length n >= 2L + n_shifts - 2 (the full linear correlation, so no wrap-around):
-        the direct convolution's kernel spans the whole padded row (L + n_shifts - 1 taps for n_shifts outputs),
-        ~0.75 GMAC per training batch of 282, as much as the rest of the network; in the frequency domain the channel
-        sum is one small complex matmul per frequency. Float32 whatever the autocast (FFT rounding ~1e-6 relative)."""
+        Computed through real FFTs: the direct convolution's kernel spans the whole padded row (L + n_shifts - 1
+        taps for n_shifts outputs), ~0.75 GMAC per training batch of 282, as much as the rest of the network; in the
+        frequency domain the channel sum is one small complex matmul per frequency. The FFT length n only has to
+        hold the templates (L + n_shifts - 1): every lag asked for reads W at x - j + n_shifts - 1 within
+        [0, L + n_shifts - 2] for x < L, so a circular correlation of that length never wraps onto them; n is the
+        smallest 5-smooth length that does (144 for the NISP preset, against 256 for the full linear correlation:
+        the branch's forward 29 -> 13 ms per 1024 spectra). Float32 whatever the autocast (FFT rounding ~1e-6
+        relative)."""
         f, w = projected.float(), self.templates.float()
         n_shifts, length = self.n_shifts, f.shape[-1]
-        n = 1 << (2 * length + n_shifts - 3).bit_length()  # a power of two >= 2L + n_shifts - 2
+        n = smooth_length(max(length + n_shifts - 1, w.shape[-1]))
         spectrum_f = torch.fft.rfft(f, n=n)  # [B, C, n/2 + 1]
         spectrum_w = torch.fft.rfft(w, n=n)  # [R, C, n/2 + 1]
         # Σ_c F[b, c, ν] conj(W[r, c, ν]) per frequency ν: [ν, B, C] @ [ν, C, R]
