@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import zfast
 from zfast import checkpoint
 from zfast.cli import train as train_cli
 from zfast.data.sets import load_library
+from zfast.models import build_model
 from zfast.training import config as training_config
 from zfast.training import loop, loss, streams
 
@@ -27,6 +29,23 @@ def test_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for field in dataclasses.fields(training_config.TrainConfig):
         assert "--" + field.name.replace("_", "-") in text
+
+
+def test_log_pixels_sets_the_log_grid_and_survives_the_checkpoint(tmp_path):
+    """--log-pixels N: the shift network reads an N-pixel log grid in training and again when loaded, with the
+    same outputs; without it, the instrument's finest sampling (more pixels than the instrument's 512)."""
+    out = tmp_path / "run"
+    assert train_cli.main(["--preset", "quick", *TINY, "--log-pixels", "300", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["log_pixels"] == 300
+    model = zfast.load_model(out / "best.pt", "cpu")
+    assert tuple(model.network.resample.shape) == (model.instrument.n_pixels, 300)
+    again = zfast.load_model(out / "best.pt", "cpu")
+    x = torch.randn(3, model.instrument.n_pixels)
+    with torch.no_grad():
+        torch.testing.assert_close(model.network.eval()(x), again.network.eval()(x))
+    default = build_model("resnet1d-shift", 512, "classification", 80, wave_edges=model.instrument.wave_edges,
+                                       z_range=(1.0, 1.8))  # fmt: skip
+    assert default.resample.shape[1] > 512 and training_config.resolve_config("quick").log_pixels == 0
 
 
 def test_a_run_writes_its_folder(tmp_path):
@@ -133,6 +152,10 @@ def test_bad_checkpoints_and_configs_give_clear_errors(tmp_path):
         train_cli.main(["--n-calibration", "-1", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="weak_line_weight must be > 0"):
         train_cli.main(["--weak-line-weight", "0", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="log_pixels must be >= 0"):
+        train_cli.main(["--model", "resnet1d-shift", "--log-pixels", "-2", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="log_pixels is for the log-grid models"):
+        train_cli.main(["--model", "resnet1d", "--log-pixels", "512", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="too short for 1 <= z <= 3"):
         train_cli.main([*TINY, "--z-max", "3.0", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no such SED library file"):

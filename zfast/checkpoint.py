@@ -37,7 +37,8 @@ CHECKPOINT_VERSION = 2
 PathLike = Union[str, os.PathLike]
 # TrainConfig settings added after checkpoints were first written, with the value that reproduces those runs
 # (no outside output, no realism perturbations).
-LEGACY_CONFIG = {"outside_prob": 0.0, "bad_pixel_prob": 0.0, "distortion": 0.0, "noise_variation": 0.0, "sed_mix_prob": 0.0}
+LEGACY_CONFIG = {"outside_prob": 0.0, "bad_pixel_prob": 0.0, "distortion": 0.0, "noise_variation": 0.0, "sed_mix_prob": 0.0,
+                 "log_pixels": 0}
 _OOD_KEYS = ("ood_means", "ood_precisions", "ood_scales", "ood_threshold", "ood_mean", "ood_precision")
 
 
@@ -310,7 +311,8 @@ def build_network(config: dict) -> tuple[nn.Module, Instrument]:
     """(the untrained network of a run's ``config``, its instrument)."""
     instrument = Instrument.preset(config["instrument"])
     network = build_model(config["model"], instrument.n_pixels, config["estimator"], config["n_bins"], has_outside(config),
-                          wave_edges=instrument.wave_edges, z_range=(config["z_min"], config["z_max"]))  # fmt: skip
+                          wave_edges=instrument.wave_edges, z_range=(config["z_min"], config["z_max"]),
+                          n_log=int(config.get("log_pixels", 0)) or None)  # fmt: skip
     return network, instrument
 
 

@@ -29,24 +29,27 @@ NEEDS_GRID = ("resnet1d-log", "resnet1d-shift")
 
 
 def build_model(name: str, n_pixels: int, estimator: str, n_bins: int, outside: bool = False,
-                wave_edges: torch.Tensor | None = None, z_range: tuple | None = None) -> nn.Module:
+                wave_edges: torch.Tensor | None = None, z_range: tuple | None = None, n_log: int | None = None) -> nn.Module:
     """``MODELS[name](n_pixels, head_size(estimator, n_bins) + outside)``: with ``outside``, one more output last,
     the logit of "this galaxy's z is outside the trained range" (zfast-train ``--outside-prob``). Models in
     ``NEEDS_GRID`` also take the instrument's pixel edges ``wave_edges``; resnet1d-shift (binned estimators
-    only) the trained redshift range ``z_range`` = (z_min, z_max) of the ``n_bins`` uniform bins."""
+    only) the trained redshift range ``z_range`` = (z_min, z_max) of the ``n_bins`` uniform bins. ``n_log``: the
+    log grid's pixels of those models (None: the instrument's finest sampling); an error for the others."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     n_outputs = head_size(estimator, n_bins) + int(bool(outside))
     if name not in NEEDS_GRID:
+        if n_log is not None:
+            raise ValueError(f"n_log (log_pixels) is for the log-grid models {NEEDS_GRID}, not {name!r}")
         return MODELS[name](n_pixels, n_outputs)
     if wave_edges is None:
         raise ValueError(f"model {name!r} needs the instrument's wave_edges")
     if name != "resnet1d-shift":
-        return MODELS[name](n_pixels, n_outputs, wave_edges)
+        return MODELS[name](n_pixels, n_outputs, wave_edges, n_log=n_log)
     if estimator == "regression" or z_range is None:
         raise ValueError("model 'resnet1d-shift' scores redshift bins: it needs a binned estimator and z_range")
     z_min, z_max = z_range
-    return MODELS[name](n_pixels, n_outputs, wave_edges, z_min + (z_max - z_min) * torch.arange(n_bins + 1.0) / n_bins)
+    return MODELS[name](n_pixels, n_outputs, wave_edges, z_min + (z_max - z_min) * torch.arange(n_bins + 1.0) / n_bins, n_log=n_log)
 
 
 def split_outside(output: torch.Tensor, outside: bool) -> tuple:

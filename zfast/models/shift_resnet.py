@@ -36,13 +36,13 @@ class ShiftResNet1D(LogGridResNet1D):
     to the redshift bins and added to the flattened head's logits. The templates start at zero, so training
     starts from LogGridResNet1D.
 
-    Args: as LogGridResNet1D, plus z_edges (Tensor[n_bins + 1]): the redshift bin edges of the head's first
-    n_bins outputs (any further output, the outside logit, comes from the flattened head alone).
+    Args: as LogGridResNet1D (n_log included), plus z_edges (Tensor[n_bins + 1]): the redshift bin edges of the
+    head's first n_bins outputs (any further output, the outside logit, comes from the flattened head alone).
     """
 
     def __init__(self, n_pixels: int, n_outputs: int, wave_edges: torch.Tensor, z_edges: torch.Tensor,
-                 n_sub: int = 16, template_channels: int = 16):  # fmt: skip
-        super().__init__(n_pixels, n_outputs, wave_edges)
+                 n_sub: int = 16, template_channels: int = 16, n_log: int | None = None):  # fmt: skip
+        super().__init__(n_pixels, n_outputs, wave_edges, n_log=n_log)
         z_edges = torch.as_tensor(z_edges, dtype=torch.float64).cpu()
         n_bins = z_edges.numel() - 1
         if n_bins < 2 or n_bins > n_outputs or not bool((z_edges[1:] > z_edges[:-1]).all()) or z_edges[0] <= -1:

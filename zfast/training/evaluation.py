@@ -181,7 +181,7 @@ def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict
 def run_network(c: TrainConfig, instrument, device) -> torch.nn.Module:
     """The untrained network of ``c`` on ``device``."""
     return build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins, outside=c.outside_prob > 0,
-                       wave_edges=instrument.wave_edges, z_range=(c.z_min, c.z_max)).to(device)  # fmt: skip
+                       wave_edges=instrument.wave_edges, z_range=(c.z_min, c.z_max), n_log=c.log_pixels or None).to(device)  # fmt: skip
 
 
 def plots_on_demand(run_dir: Path) -> dict:
