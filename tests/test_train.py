@@ -45,7 +45,10 @@ def test_log_pixels_sets_the_log_grid_and_survives_the_checkpoint(tmp_path):
         torch.testing.assert_close(model.network.eval()(x), again.network.eval()(x))
     default = build_model("resnet1d-shift", 512, "classification", 80, wave_edges=model.instrument.wave_edges,
                                        z_range=(1.0, 1.8))  # fmt: skip
-    assert default.resample.shape[1] > 512 and training_config.resolve_config("quick").log_pixels == 0
+    assert default.resample.shape[1] > 512 and training_config.TrainConfig().log_pixels == 0
+    assert training_config.resolve_config("quick").log_pixels == 512
+    # Models without a log grid ignore it: the preset with another network builds that network as it reads.
+    assert not hasattr(build_model("resnet1d", 512, "classification", 80, n_log=512), "resample")
 
 
 def test_a_run_writes_its_folder(tmp_path):
@@ -154,8 +157,6 @@ def test_bad_checkpoints_and_configs_give_clear_errors(tmp_path):
         train_cli.main(["--weak-line-weight", "0", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="log_pixels must be >= 0"):
         train_cli.main(["--model", "resnet1d-shift", "--log-pixels", "-2", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="log_pixels is for the log-grid models"):
-        train_cli.main(["--model", "resnet1d", "--log-pixels", "512", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="too short for 1 <= z <= 3"):
         train_cli.main([*TINY, "--z-max", "3.0", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no such SED library file"):
