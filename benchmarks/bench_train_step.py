@@ -1,13 +1,14 @@
-"""Benchmark of the quick preset's training step: ResNet1D with its CPU channels-last layers against the same
+"""Benchmark of the quick preset's training step: its network with the CPU channels-last layers against the same
 network built from plain ``nn.Conv1d`` / ``nn.BatchNorm1d``, and the augmentation pipeline with and without the
 realism perturbations (``zfast.data.Perturbations``) beside it.
 
 What is measured, at the quick preset's batch (256 in-range + 26 outside-range spectra, NISP, 800 bins + outside):
 
-    step-nhwc    forward + backward + AdamW step of ``build_model("resnet1d", ...)`` (Conv1dNHWC, BatchNorm1dNHWC)
+    step-nhwc    forward + backward + AdamW step of the preset's network (resnet1d-shift on 512 log pixels;
+                 its trunk's Conv1dNHWC, BatchNorm1dNHWC), as zfast-train builds it
     step-conv1d  the same network, every layer swapped for the plain torch module (same weights)
     data-none    one batch of zfast-train's training stream, quick preset without its perturbations and SED weights
-    data-preset  the quick preset's stream as it is (scattered bad pixels, weak-line SEDs 3x)
+    data-preset  the quick preset's stream as it is (scattered bad pixels, weak-line SEDs 6x)
     data-all     the preset plus continuum distortion and noise variation
 
     pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-json=step.json
@@ -23,8 +24,9 @@ import torch
 
 from zfast.bins import redshift_bin_edges
 from zfast.data.sets import load_library
-from zfast.models import BatchNorm1dNHWC, Conv1dNHWC, build_model
+from zfast.models import BatchNorm1dNHWC, Conv1dNHWC
 from zfast.training.config import PRESETS, TrainConfig
+from zfast.training.evaluation import run_network
 from zfast.training.loss import training_loss
 from zfast.training.streams import augmented, make_instrument, n_outside, outside_stream
 
@@ -65,8 +67,7 @@ def test_train_step(benchmark, device, provider):
             return torch.cat([next(stream)[0], next(outside)[0]])
     else:
         torch.manual_seed(0)
-        model = build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins, outside=True,
-                            wave_edges=instrument.wave_edges, z_range=(c.z_min, c.z_max)).to(device)  # fmt: skip
+        model = run_network(c, device)  # the preset's network as zfast-train builds it (its log grid included)
         if provider == "step-conv1d":
             model = plain_layers(model)
         optimiser = torch.optim.AdamW(model.parameters(), lr=c.lr)

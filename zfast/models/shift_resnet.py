@@ -103,7 +103,7 @@ class ShiftResNet1D(LogGridResNet1D):
         relative)."""
         f, w = projected.float(), self.templates.float()
         n_shifts, length = self.n_shifts, f.shape[-1]
-        n = smooth_length(max(length + n_shifts - 1, w.shape[-1]))
+        n = smooth_length(length + n_shifts - 1)  # the templates' length
         spectrum_f = torch.fft.rfft(f, n=n)  # [B, C, n/2 + 1]
         spectrum_w = torch.fft.rfft(w, n=n)  # [R, C, n/2 + 1]
         # Σ_c F[b, c, ν] conj(W[r, c, ν]) per frequency ν: [ν, B, C] @ [ν, C, R]

@@ -22,7 +22,7 @@ from ..devices import pick_device
 from ..files import write_text
 from ..flags import z_range_flag
 from ..metrics import ew_groups, grouped_metrics, pit_values, redshift_metrics, snr_groups
-from ..models import build_model, split_outside
+from ..models import split_outside
 from ..ood import fit_ood, ood_features
 from ..data.sets import load_library
 from .config import SEEDS, TrainConfig, config_from_dict
@@ -178,10 +178,9 @@ def finish(c: TrainConfig, out: Path, model, instrument, library, edges) -> dict
     return results
 
 
-def run_network(c: TrainConfig, instrument, device) -> torch.nn.Module:
-    """The untrained network of ``c`` on ``device``."""
-    return build_model(c.model, instrument.n_pixels, c.estimator, c.n_bins, outside=c.outside_prob > 0,
-                       wave_edges=instrument.wave_edges, z_range=(c.z_min, c.z_max), n_log=c.log_pixels or None).to(device)  # fmt: skip
+def run_network(c: TrainConfig, device) -> torch.nn.Module:
+    """The untrained network of ``c`` on ``device``: the one a checkpoint of ``c`` rebuilds (``build_network``)."""
+    return checkpoints.build_network(dataclasses.asdict(c))[0].to(device)
 
 
 def plots_on_demand(run_dir: Path) -> dict:
@@ -194,4 +193,4 @@ def plots_on_demand(run_dir: Path) -> dict:
     library = load_library(c.library).to(device)
     instrument = make_instrument(c)
     edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
-    return finish(c, Path(run_dir), run_network(c, instrument, device), instrument, library, edges)
+    return finish(c, Path(run_dir), run_network(c, device), instrument, library, edges)

@@ -158,7 +158,7 @@ def start(c: TrainConfig, device: torch.device, rank: int, world: int) -> Sessio
     outside = outside_stream(c, library, instrument, "train", beyond, stream_seed + SEEDS.outside_stream) if beyond else None
     val = validation_set(c, library, instrument)
     edges = redshift_bin_edges(c.z_min, c.z_max, c.n_bins).to(device)
-    model = run_network(c, instrument, device)
+    model = run_network(c, device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=c.lr, total_steps=c.steps, pct_start=0.1)
     return Session(c, device, rank, world, out, library, instrument, train, outside, val, edges, model, optimiser, scheduler)
