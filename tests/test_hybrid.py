@@ -13,7 +13,7 @@ import torch
 
 import zfast
 from zfast.cli import predict as predict_cli
-from zfast.hybrid import N_MIN, REACH, scan_points
+from zfast.hybrid import N_MIN, REACH, prescanned, representative_seds, scan_points
 from zfast.template_fit import coarse_grid, library_fit_redshift
 
 
@@ -229,3 +229,58 @@ def test_predict_with_template_points(model, trained, tmp_path, capsys):
             predict_cli.main(argv + ["--output", str(tmp_path / "bad.csv")] + bad)
         assert "--template-points needs --templates" in capsys.readouterr().err
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_prescan_keeps_the_networks_points_and_adds_the_subsets_best_valleys():
+    """Widened rows of a library larger than 2 x n_seds scan their own points plus the n_points best of a subset's
+    scores over the whole grid (checked against that subset's own full fit); the others keep their own points; a
+    small library, or no widened row, scans as before."""
+    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("white", snr=(15.0, 15.0)), 5, 21)
+    seds = torch.unique(torch.cat([sed, torch.arange(0, len(library), 7)]))  # > 2 x 20 SEDs
+    step = 4e-3
+    grid = coarse_grid((1.0, 1.8), step)
+    own = torch.zeros(5, grid.numel(), dtype=torch.bool)
+    own[torch.arange(5), torch.randint(0, grid.numel(), (5,), generator=torch.Generator().manual_seed(3))] = True
+    widened = torch.tensor([True, False, True, True, False])
+    scan = prescanned(library, instrument, flux, ivar, seds, own, widened, (1.0, 1.8), step, n_seds=20, n_points=6)
+    assert torch.equal(scan[~widened], own[~widened])
+    subset = representative_seds(library, seds, 20, instrument.wave_edges, (1.0, 1.8))
+    reference = library_fit_redshift(library, instrument, flux[widened], ivar[widened], subset, step=step)["log_like_grid"]
+    for row, b in enumerate(widened.nonzero()[:, 0].tolist()):
+        assert torch.equal(scan[b] & own[b], own[b])
+        added = scan[b] & ~own[b]
+        best = set(reference[row].topk(6).indices.tolist())
+        assert set(added.nonzero()[:, 0].tolist()) == best - set(own[b].nonzero()[:, 0].tolist())
+    # At SNR 15 with the true SED in the library, a ninth of the SEDs and 24 points (the defaults' shares of a
+    # 7,200-SED library) hold the valley the full fit finds.
+    full = library_fit_redshift(library, instrument, flux, ivar, seds, step=step)
+    scan = prescanned(library, instrument, flux, ivar, seds, own, widened, (1.0, 1.8), step, n_seds=seds.numel() // 9,
+                      n_points=24)  # fmt: skip
+    fit = library_fit_redshift(library, instrument, flux, ivar, seds, step=step, scan=scan)
+    right = widened & ((full["z"] - z.double()).abs() / (1 + z.double()) < 0.01)
+    assert right.sum() >= 2
+    torch.testing.assert_close(fit["z"][right], full["z"][right], rtol=0, atol=1e-6)
+    # A library of at most 2 x n_seds: widened rows scan everything; no widened row: the network's own points.
+    small = prescanned(library, instrument, flux, ivar, seds, own, widened, (1.0, 1.8), step, n_seds=seds.numel())
+    assert small[widened].all() and torch.equal(small[~widened], own[~widened])
+    none = prescanned(library, instrument, flux, ivar, seds, own, torch.zeros(5, dtype=torch.bool), (1.0, 1.8), step)
+    assert torch.equal(none, own)
+    with pytest.raises(ValueError, match="positive"):
+        prescanned(library, instrument, flux, ivar, seds, own, widened, (1.0, 1.8), step, n_points=0)
+
+
+def test_representative_seds_cover_rare_families(generator):
+    """Three shape families of 120, 12 and 3 SEDs (power laws of slope -2, 0, +2 with small wiggles): 6 picks
+    hold each family, are distinct members of seds, and n >= S gives them all."""
+    wave = torch.exp(torch.linspace(math.log(3000.0), math.log(12000.0), 3000, dtype=torch.float64))
+    slopes = torch.cat([torch.full((120,), -2.0), torch.zeros(12), torch.full((3,), 2.0)])
+    wiggle = 0.05 * torch.randn(135, 1, generator=generator, dtype=torch.float64) * torch.sin(wave / 300.0)
+    flux = (wave / 6000.0) ** slopes[:, None] * (1 + wiggle)
+    library = zfast.SEDLibrary(wave, flux)
+    seds = torch.randperm(135, generator=generator)
+    edges = torch.linspace(12500.0, 18500.0, 401, dtype=torch.float64)
+    picks = representative_seds(library, seds, 6, edges, (1.0, 1.8))
+    assert picks.numel() == 6 and picks.unique().numel() == 6 and torch.isin(picks, seds).all()
+    families = set(slopes[picks].tolist())
+    assert families == {-2.0, 0.0, 2.0}
+    assert torch.equal(representative_seds(library, seds, 135, edges, (1.0, 1.8)), seds)

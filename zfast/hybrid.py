@@ -16,17 +16,21 @@ one step of a scanned point, the accuracy and the speed against the full fit are
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
 from .bins import normalised_probs, window_mass
+from .template_fit import library_fit_redshift
 
 N_POINTS = 24  # coarse points scanned per spectrum at most (of 400 at step 2e-3 over [1, 1.8)): docs/hybrid.md
 REACH = 1.5  # each point's cell, in coarse steps either side
 MIN_MASS = 1e-4  # of those, points whose cell holds less P(z) mass are not scanned ...
 N_MIN = 3  # ... except the N_MIN with the most: a peak and its two neighbours (docs/hybrid.md, "Mass floor")
 MAX_MISSING = 0.05  # a spectrum whose scanned cells miss more of its P(z) than this scans every point (the full fit)
+PRESCAN_SEDS = 800  # ... or, with a library of more than twice this many SEDs, every point with this many of them,
+PRESCAN_POINTS = 48  # then the whole library at the best this many (and its network's own): docs/hybrid.md, "Pre-scan"
 
 
 def scan_points(probs: torch.Tensor, bin_edges, grid: torch.Tensor, step: float, n_points: int = N_POINTS,
@@ -83,3 +87,91 @@ def missing_mass(p: torch.Tensor, edges: torch.Tensor, grid: torch.Tensor, step:
     within = (centre[:, None] - grid[candidates]).abs() <= REACH * step * (1 + 1e-12)  # [C, R]
     covered = (scan[:, candidates] & within).any(dim=2)  # [B, C]
     return (p * ~covered).sum(dim=1)
+
+
+def prescanned(library, instrument, flux: torch.Tensor, ivar: torch.Tensor, seds: Optional[torch.Tensor], own: torch.Tensor,
+               widened: torch.Tensor, z_range: tuple, step: float, marginalise: bool = True,
+               n_seds: Optional[int] = None, n_points: Optional[int] = None) -> torch.Tensor:  # fmt: skip
+    """bool [B, K]: the scan of ``library_fit_redshift(scan=...)`` for spectra ``flux``, ``ivar`` [B, M] whose
+    network's own points are ``own`` [B, K] (``scan_points(..., max_missing=1.0)``) and of which the rows ``widened``
+    [B] (bool) are to be scanned everywhere. With ``seds`` (default: the whole library) holding more than twice
+    ``n_seds`` (default ``PRESCAN_SEDS``) SEDs, a widened row scans instead its own points and the ``n_points``
+    (default ``PRESCAN_POINTS``) coarse points where ``n_seds`` of the SEDs (``representative_seds``) score best
+    over the whole grid (the fit's own valley score: the SED-marginalised likelihood, the smallest χ² for
+    noiseless spectra or with ``marginalise=False``); otherwise it scans every point.
+
+    Why: widened rows (the network unsure) cost the full fit each, with 7,200 SEDs most of the hybrid's time at
+    SNR 10 (docs/hybrid.md). A valley of the full library's χ² is a valley for most SEDs like the best one, so a
+    fraction of the library finds the candidate valleys over the whole grid, and the whole library then decides
+    among them."""
+    scan = own.clone()
+    rows = widened.nonzero()[:, 0]
+    if rows.numel() == 0:
+        return scan
+    n_seds = PRESCAN_SEDS if n_seds is None else int(n_seds)
+    n_points = PRESCAN_POINTS if n_points is None else int(n_points)
+    if n_seds < 1 or n_points < 1:
+        raise ValueError(f"n_seds and n_points must be positive, got {n_seds}, {n_points}")
+    every = torch.arange(len(library)) if seds is None else torch.as_tensor(seds).cpu()
+    if every.numel() <= 2 * n_seds or n_points >= own.shape[1]:
+        scan[rows] = True
+        return scan
+    subset = representative_seds(library, every, n_seds, instrument.wave_edges, z_range)
+    fit = library_fit_redshift(library, instrument, flux[rows], ivar[rows], subset.to(library.device), z_range, step=step,
+                               n_refine=0, marginalise=marginalise)  # fmt: skip
+    marginal = (~torch.isinf(ivar[rows]).any(dim=1) & marginalise).cpu()
+    score = torch.where(marginal[:, None], fit["log_like_grid"], -fit["chi2_grid"])  # [R, K], the fit's valley score
+    best = score.nan_to_num(-math.inf).topk(n_points, dim=1).indices
+    scan[rows.to(scan.device)] |= torch.zeros_like(score, dtype=torch.bool).scatter_(1, best, True).to(scan.device)
+    return scan
+
+
+SHAPE_BINS = 128  # log-λ bins of the rest band in which representative_seds compares SED shapes
+KMEANS_ITERATIONS = 10  # its Lloyd iterations
+
+
+def representative_seds(library, seds: torch.Tensor, n: int, wave_edges, z_range: tuple) -> torch.Tensor:
+    """[<= n] int64: ``n`` of the SEDs ``seds`` [S] (indices into ``library``; fewer only where two clusters share a
+    member) that spread over the library's shapes: k-means (seeded by farthest-point sampling from the SED nearest
+    the mean shape) on log f_λ less its mean (the amplitude is free in the fit), averaged into ``SHAPE_BINS`` log-λ
+    bins over the rest band that ``wave_edges`` (Å) sees over ``z_range``; each cluster gives its member nearest
+    its centre. All of ``seds`` when n >= S.
+
+    Why not a random or evenly spaced subset: a few SED families (passive, or with strong lines) can be rare in a
+    library, and a subset without them scores their spectra's true valleys low (docs/hybrid.md, "Pre-scan")."""
+    seds = torch.as_tensor(seds).cpu()
+    if n >= seds.numel():
+        return seds.clone()
+    edges = torch.as_tensor(wave_edges, dtype=torch.float64).cpu()
+    lo, hi = float(edges[0]) / (1 + z_range[1]), float(edges[-1]) / (1 + z_range[0])
+    bins = torch.exp(torch.linspace(math.log(lo), math.log(hi), SHAPE_BINS + 1, dtype=torch.float64))
+    shapes = []
+    for chunk in torch.split(seds, 1024):
+        rows = library.redshift_resample(chunk.to(library.device), torch.zeros(chunk.numel(), device=library.device),
+                                         bins.to(library.device), fill=math.nan).double().cpu()  # fmt: skip
+        shapes.append(rows)
+    logf = torch.cat(shapes).clamp_min(1e-300).log()
+    logf = logf.nan_to_num(0.0) - logf.nan_to_num(0.0).mean(dim=1, keepdim=True)
+    first = int((logf - logf.mean(dim=0)).square().sum(dim=1).argmin())
+    chosen = [first]
+    distance = (logf - logf[first]).square().sum(dim=1)
+    for _ in range(n - 1):
+        pick = int(distance.argmax())
+        chosen.append(pick)
+        distance = torch.minimum(distance, (logf - logf[pick]).square().sum(dim=1))
+    # Lloyd iterations from those seeds, then each cluster's member nearest its centre: farthest points alone are the
+    # library's outliers, the clusters' medoids its bulk as well.
+    centres = logf[torch.tensor(chosen)]
+    for _ in range(KMEANS_ITERATIONS):
+        label = torch.cdist(logf, centres).argmin(dim=1)
+        total = torch.zeros_like(centres).index_add_(0, label, logf)
+        count = torch.bincount(label, minlength=n).double()[:, None]
+        centres = torch.where(count > 0, total / count.clamp_min(1), centres)
+    distance = torch.cdist(centres, logf)  # [n, S]
+    picks = distance.argmin(dim=1)
+    # Two centres can share a nearest member: the duplicates take the farthest-point seeds they started from.
+    unique, first_of = [], set()
+    for c, p in enumerate(picks.tolist()):
+        unique.append(p if p not in first_of else chosen[c])
+        first_of.add(unique[-1])
+    return seds[torch.tensor(sorted(set(unique)))]

@@ -40,7 +40,7 @@ from .models import split_outside
 from .ood import ood_features, ood_scores
 from .ops import spectra_resample
 from .ops.rebin import cumulative_at, pixel_edges
-from .hybrid import scan_points
+from .hybrid import prescanned, scan_points
 from .template_fit import coarse_grid, fit_deltachi2, library_fit_redshift
 from .units import astropy_arrays
 from .wavelengths import air_to_vacuum
@@ -388,7 +388,11 @@ def template_columns(model: Model, normalised: torch.Tensor, ivar: torch.Tensor,
     scan = None
     if points is not None:
         grid = coarse_grid(model.z_range, FIT_STEP)
-        scan = scan_points(probs, edges_of(model, probs.device), grid, FIT_STEP, points).to(library.device)
+        edges = edges_of(model, probs.device)
+        own = scan_points(probs, edges, grid, FIT_STEP, points, max_missing=1.0)
+        widened = (scan_points(probs, edges, grid, FIT_STEP, points) & ~own).any(dim=1)
+        scan = prescanned(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, own.to(library.device),
+                          widened.to(library.device), model.z_range, FIT_STEP, marginalise=known_noise)  # fmt: skip
     # Without the user's ivar the χ² scale is unknown: no marginalising over SEDs, and the noise comes from the residuals.
     fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, model.z_range,
                                step=FIT_STEP, n_refine=FIT_REFINE, marginalise=known_noise, scan=scan)  # fmt: skip

@@ -79,11 +79,15 @@ def main(argv=None) -> int:
     parser.add_argument("--n-refine", type=int, default=None, help="pairs refined beyond the valley's (zfast.predict.FIT_REFINE)")
     parser.add_argument("--min-mass", type=float, default=None,
                         help="the scan's mass floor (zfast.hybrid.MIN_MASS; 0: the top N points whatever their mass)")
+    parser.add_argument("--prescan-seds", type=int, default=None,
+                        help="zfast.hybrid.PRESCAN_SEDS (0: widened spectra scan every point with every SED)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="hybrid.json")
     args = parser.parse_args(argv)
     if args.min_mass is not None:
         zfast.hybrid.MIN_MASS = args.min_mass
+    if args.prescan_seds is not None:
+        zfast.hybrid.PRESCAN_SEDS = args.prescan_seds if args.prescan_seds > 0 else 10**9
     torch.manual_seed(args.seed)
     points = [int(p) for p in args.points.split(",")]
     if args.n_refine is not None:
@@ -91,7 +95,8 @@ def main(argv=None) -> int:
     model = zfast.load_model(args.checkpoint, "cpu")
     c = training_config.config_from_dict(checkpoint.read(args.checkpoint).config)
     report = {"checkpoint": str(args.checkpoint), "n": args.n, "points": points, "threads": torch.get_num_threads(),
-              "n_refine": sys.modules["zfast.predict"].FIT_REFINE, "min_mass": zfast.hybrid.MIN_MASS, "sets": {}}  # fmt: skip
+              "n_refine": sys.modules["zfast.predict"].FIT_REFINE, "min_mass": zfast.hybrid.MIN_MASS,
+              "prescan_seds": zfast.hybrid.PRESCAN_SEDS, "sets": {}}  # fmt: skip
     sets = {}
     if "sim" in args.sets:
         library = load_library(c.library)

@@ -1,5 +1,5 @@
 """Timing only: the hybrid and the full template fit with a ~7,200-SED library (the checkpoint's training SEDs x 9
-continuum tilts (λ/1 µm)^a, a in -0.4..0.4), on white SNR 10 spectra of its test SEDs; spectra/s and η per run.
+continuum tilts (λ/1 µm)^a, a in -0.4..0.4), on spectra of its test SEDs (white SNR 10 unless ``--condition``); spectra/s and η per run.
 
     python benchmarks/studies/hybrid_timing.py runs/quick/best.pt --n 4096 full:1024:1024 hybrid:1024:1024 hybrid:4096:4096
 
@@ -46,16 +46,27 @@ def main(argv=None) -> int:
     parser.add_argument("--tilts", type=int, default=9)
     parser.add_argument("--min-mass", type=float, default=None,
                         help="the scan's mass floor (zfast.hybrid.MIN_MASS; 0: the top --points whatever their mass)")
+    parser.add_argument("--condition", default="snr10", help="noise of the spectra: a paper_table condition (snr10, snr3, ...)")
+    parser.add_argument("--max-missing", type=float, default=None, help="zfast.hybrid.MAX_MISSING (1: never widen)")
+    parser.add_argument("--prescan-seds", type=int, default=None,
+                        help="zfast.hybrid.PRESCAN_SEDS (0: widened spectra scan every point with every SED)")
+    parser.add_argument("--prescan-points", type=int, default=None, help="zfast.hybrid.PRESCAN_POINTS")
     args = parser.parse_args(argv)
     if args.min_mass is not None:
         zfast.hybrid.MIN_MASS = args.min_mass
+    if args.max_missing is not None:
+        zfast.hybrid.MAX_MISSING = args.max_missing
+    if args.prescan_seds is not None:
+        zfast.hybrid.PRESCAN_SEDS = args.prescan_seds if args.prescan_seds > 0 else 10**9
+    if args.prescan_points is not None:
+        zfast.hybrid.PRESCAN_POINTS = args.prescan_points
     model = zfast.load_model(args.checkpoint, "cpu")
     c = training_config.config_from_dict(checkpoint.read(args.checkpoint).config)
     library = load_library(c.library)
     train = run_splits(library, split_seed=c.split_seed, holdout_sfh=c.holdout_sfh, train_seds=c.train_seds)["train"]
     big = tilted_library(library, train, args.tilts)
     print(f"{len(big)} SEDs", flush=True)
-    instrument = Instrument.preset(c.instrument, paper_table.CONDITIONS["snr10"])
+    instrument = Instrument.preset(c.instrument, paper_table.CONDITIONS[args.condition])
     flux, ivar, z, _ = augmented(c, library, instrument, "test").fixed_set(args.n, seed=50_001)
     for run in args.runs:
         kind, batch, m = run.split(":")
