@@ -94,9 +94,10 @@ def test_calibration_set_size():
     assert size == [1024, 2048, 8192, 8192, 500]
 
 
-def test_resume_continues_as_if_never_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]])
+def test_resume_continues_as_if_never_stopped(tmp_path, monkeypatch, extra):
     straight = tmp_path / "straight"
-    train_cli.main([*TINY, "--out", str(straight)])
+    train_cli.main([*TINY, *extra, "--out", str(straight)])
     stopped = tmp_path / "stopped"
     original = loss.training_loss
 
@@ -106,7 +107,7 @@ def test_resume_continues_as_if_never_stopped(tmp_path, monkeypatch):
         return original(c, output, z, edges, step, n_beyond)
 
     monkeypatch.setattr(loop, "training_loss", loss_then_stop)
-    train_cli.main([*TINY, "--out", str(stopped)])
+    train_cli.main([*TINY, *extra, "--out", str(stopped)])
     assert torch.load(stopped / "last.pt", weights_only=True)["step"] == 3
     assert not (stopped / "metrics.json").exists()
     monkeypatch.setattr(loop, "training_loss", original)
@@ -117,6 +118,42 @@ def test_resume_continues_as_if_never_stopped(tmp_path, monkeypatch):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert (stopped / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+    if extra:  # the checkpoint's model is the average, the trained weights resume beside it
+        trained = a["resume"]["trained_model"]
+        for name, tensor in trained.items():
+            assert torch.equal(tensor, b["resume"]["trained_model"][name]), name
+        assert any(not torch.equal(t, a["model"][k]) for k, t in trained.items() if t.is_floating_point())
+        with pytest.raises(ValueError, match="with --ema"):
+            loop.restore(loop.start(training_config.config_from_dict({**a["config"], "ema": 0.0, "out": str(tmp_path / "x")}),
+                                    torch.device("cpu"), 0, 1), checkpoint.read(straight / "last.pt"))  # fmt: skip
+
+
+def test_weight_average_follows_its_recurrence(generator):
+    """WeightAverage against the recurrence written out in float64: a <- a + (1 - d_n)(p - a), d_n = min(decay,
+    (1 + n) / (10 + n)), over updates of random weights; integer buffers copied."""
+    from zfast.training.averaging import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.BatchNorm1d(3))
+    average = WeightAverage(model, 0.8)
+    reference = {k: v.double().clone() for k, v in average.module.state_dict().items() if v.is_floating_point()}
+    for n in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+            model[1].running_mean.copy_(torch.randn(3, generator=generator))
+            model[1].num_batches_tracked.fill_(n + 7)
+        average.update(model)
+        d = min(0.8, (1 + n) / (10 + n))
+        for k, v in model.state_dict().items():
+            if k in reference:
+                reference[k] += (1 - d) * (v.double() - reference[k])
+    state = average.module.state_dict()
+    for k, v in reference.items():
+        torch.testing.assert_close(state[k].double(), v, rtol=1e-5, atol=1e-6)
+    assert int(state["1.num_batches_tracked"]) == 36
+    assert not any(p.requires_grad for p in average.module.parameters())
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, 1.0)
 
 
 @pytest.mark.parametrize("estimator", ["regression", "distribution"])

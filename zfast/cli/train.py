@@ -32,7 +32,7 @@ GROUPS = {
     "model": ("model", "log_pixels", "compile"),
     "estimator": ("estimator", "n_bins", "label_sigma_bins", "label_start_factor", "lambda_js", "lambda_ent", "lambda_ce",
                   "schedule_fraction", "outside_weight"),
-    "optimisation": ("batch_size", "steps", "lr", "weight_decay", "seed", "amp"),
+    "optimisation": ("batch_size", "steps", "lr", "weight_decay", "ema", "seed", "amp"),
     "run": ("out", "device"),
     "evaluation": ("eval_every", "n_val", "n_test", "n_calibration"),
 }

@@ -60,6 +60,7 @@ class TrainConfig:
     steps: int = field(default=2000, metadata={"help": "optimisation steps"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW, one-cycle schedule)"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    ema: float = field(default=0.0, metadata={"help": "decay of an exponential moving average of the weights (and BatchNorm statistics), which is then what is validated, checkpointed and predicted with; 0: the weights themselves"})
     eval_every: int = field(default=250, metadata={"help": "steps between validation passes (and checkpoints)"})
     n_val: int = field(default=2048, metadata={"help": "fixed validation spectra"})
     n_test: int = field(default=4096, metadata={"help": "fixed test spectra"})
@@ -137,6 +138,7 @@ RANGES = {  # field: (lowest, highest, whether the ends are allowed)
     "lambda_ent": (0.0, math.inf, (True, False)),
     "lr": (0.0, math.inf, (False, False)),
     "weight_decay": (0.0, math.inf, (True, False)),
+    "ema": (0.0, 1.0, (True, False)),
     "min_line_snr": (0.0, 1e6, (True, True)),
     "mask_prob": (0.0, 1.0, (True, True)),
 }

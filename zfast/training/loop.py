@@ -31,6 +31,7 @@ from ..data.sets import load_library
 from ..devices import pick_device
 from ..files import write_text
 from .config import SEEDS, TrainConfig
+from .averaging import WeightAverage
 from .evaluation import evaluate, finish, run_network
 from .loss import training_loss
 from .streams import augmented, make_instrument, n_outside, outside_stream, splits, validation_set
@@ -125,6 +126,7 @@ class Session:
     model: torch.nn.Module
     optimiser: torch.optim.Optimizer
     scheduler: object
+    average: Optional[WeightAverage] = None  # with --ema: the averaged network, the one validated and saved
     step: int = 0
     best: float = math.inf
     # The training loss summed over the steps since the last validation, and their count: part of the resume
@@ -139,6 +141,11 @@ class Session:
     @property
     def main_rank(self) -> bool:
         return self.rank == 0
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network validated and checkpointed: the weight average with --ema, else the trained weights."""
+        return self.model if self.average is None else self.average.module
 
 
 def start(c: TrainConfig, device: torch.device, rank: int, world: int) -> Session:
@@ -161,7 +168,9 @@ def start(c: TrainConfig, device: torch.device, rank: int, world: int) -> Sessio
     model = run_network(c, device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=c.lr, total_steps=c.steps, pct_start=0.1)
-    return Session(c, device, rank, world, out, library, instrument, train, outside, val, edges, model, optimiser, scheduler)
+    average = WeightAverage(model, c.ema) if c.ema > 0 else None
+    return Session(c, device, rank, world, out, library, instrument, train, outside, val, edges, model, optimiser, scheduler,
+                   average)  # fmt: skip
 
 
 def restore(s: Session, checkpoint: RunCheckpoint) -> None:
@@ -172,7 +181,16 @@ def restore(s: Session, checkpoint: RunCheckpoint) -> None:
     generators = resume["augment_generators"]
     if generators.shape[0] != s.world:
         raise ValueError(f"the checkpoint was written by {generators.shape[0]} processes; resume it with as many, not {s.world}")
-    s.model.load_state_dict(checkpoint.model)
+    if s.average is not None:
+        if "trained_model" not in resume:
+            raise ValueError("the checkpoint was written without --ema: resume it without --ema, or start a new run")
+        s.model.load_state_dict(resume["trained_model"])
+        s.average.module.load_state_dict(checkpoint.model)
+        s.average.updates = int(resume["ema_updates"])
+    else:
+        if "trained_model" in resume:
+            raise ValueError("the checkpoint was written with --ema: resume it with the same --ema")
+        s.model.load_state_dict(checkpoint.model)
     s.optimiser.load_state_dict(resume["optimiser"])
     s.scheduler.load_state_dict(resume["scheduler"])
     s.train.load_state_dict({"generator": generators[s.rank]})
@@ -197,7 +215,9 @@ def snapshot(s: Session) -> RunCheckpoint:
         resume["outside_generators"] = gather_rows(s.outside.state_dict()["generator"], s.world)
     if s.device.type == "cuda":
         resume["cuda_rngs"] = gather_rows(torch.cuda.get_rng_state(s.device), s.world)
-    return RunCheckpoint(dataclasses.asdict(s.c), s.model.state_dict(), s.step, s.best, resume)
+    if s.average is not None:  # the checkpoint's model is the average (what predict loads); the trained weights resume
+        resume["trained_model"], resume["ema_updates"] = s.model.state_dict(), s.average.updates
+    return RunCheckpoint(dataclasses.asdict(s.c), s.network.state_dict(), s.step, s.best, resume)
 
 
 def save_as(s: Session, *names: str) -> None:
@@ -224,11 +244,12 @@ def metrics_rows(path: Path, step: int) -> str:
 def validate(s: Session, train_loss: float, interactive: bool) -> None:
     """A validation pass: a metrics.csv row and a log line, then last.pt (and best.pt on a new best σ_NMAD)."""
     c = s.c
-    metrics, _ = evaluate(s.model, c, s.val, s.edges)  # identical weights and set on every rank
+    network = s.network
+    metrics, _ = evaluate(network, c, s.val, s.edges)  # identical weights and set on every rank
     with torch.no_grad():
-        s.model.eval()
-        val_loss = training_loss(c, s.model(s.val[0]), s.val[2], s.edges, s.step).item()
-        s.model.train()
+        network.eval()
+        val_loss = training_loss(c, network(s.val[0]), s.val[2], s.edges, s.step).item()
+        network.train()
     row = [s.step, train_loss, val_loss, metrics["mae"], metrics["sigma_nmad"],
            metrics["outlier_003"], metrics["outlier_01"], s.scheduler.get_last_lr()[0]]  # fmt: skip
     if s.main_rank:
@@ -266,6 +287,8 @@ def optimise(s: Session, stop: StopRequested) -> None:
         loss.backward()
         s.optimiser.step()
         s.scheduler.step()
+        if s.average is not None:
+            s.average.update(s.model)
         s.step += 1
         s.loss_sum += loss.detach()  # no host sync per step
         s.loss_steps += 1
