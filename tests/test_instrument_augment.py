@@ -495,3 +495,43 @@ def test_sed_mixtures_are_two_seds_of_the_split_at_the_drawn_redshift(generator)
         assert residual < 1e-5 and (j in split.tolist() or not second_seen) and bool((coef > -1e-6).all()), (row, residual, j, coef)
     with pytest.raises(ValueError, match="mix_prob"):
         zfast.data.Perturbations(mix_prob=1.5)
+
+
+def test_running_mean_is_the_windowed_mean_shortened_at_the_ends(generator):
+    x = torch.rand(3, 57, generator=generator, dtype=torch.float64) + 0.5
+    out = zfast.data.augment.running_mean(x.float(), 9)
+    for j in range(57):
+        lo, hi = max(0, j - 4), min(57, j + 5)
+        torch.testing.assert_close(out[:, j].double(), x[:, lo:hi].float().double().mean(dim=1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(zfast.data.augment.running_mean(torch.full((2, 30), 3.0), 41), torch.full((2, 30), 3.0))
+
+
+def test_line_contrast_raises_features_to_a_lognormal_power_about_the_continuum(generator):
+    """Through the pipeline (no LSF, no noise): ln(s'/C) = α ln(s/C) per spectrum, with C the running mean of the
+    unperturbed spectrum, ln α ~ N(0, rms²); the draws (z, SED) unchanged."""
+    library = random_library(generator, n_seds=20)
+    quiet = zfast.Instrument.linear("no-lsf", 12060.0, 13.4, 301)
+    rms = 0.4
+    window = zfast.data.Perturbations.CONTRAST_WINDOW
+    plain = zfast.AugmentedSpectra(library, quiet, batch_size=1500, seed=8)
+    scaled = zfast.AugmentedSpectra(library, quiet, batch_size=1500, seed=8,
+                                    perturbations=zfast.data.Perturbations(line_contrast=rms))  # fmt: skip
+    f0, _, z0, s0 = next(plain)
+    f1, _, z1, s1 = next(scaled)
+    assert torch.equal(z0, z1) and torch.equal(s0, s1)
+    raw = library.redshift_resample(s0, z0, quiet.wave_edges).double()
+    continuum = raw.cumsum(dim=1)
+    # The continuum in float64 from the definition (the mean over the window, shortened at the ends).
+    m = raw.shape[1]
+    idx = torch.arange(m)
+    lo, hi = (idx - window // 2).clamp(min=0), (idx + window // 2 + 1).clamp(max=m)
+    padded = torch.nn.functional.pad(continuum, (1, 0))
+    c = (padded[:, hi] - padded[:, lo]) / (hi - lo).double()
+    x, y = (raw / c).log(), (f1.double() / f0.double() * raw / c).log()  # f1/f0 = s'/s up to the normalisation
+    # y = α x + const (the normalisation's constant per spectrum): fit both by least squares.
+    xm, ym = x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True)
+    alpha = (xm * ym).sum(dim=1) / xm.square().sum(dim=1)
+    assert (ym - alpha[:, None] * xm).abs().max() < 2e-3
+    assert abs(alpha.log().std().item() - rms) < 0.03 and abs(alpha.log().mean().item()) < 0.03
+    with pytest.raises(ValueError, match="line_contrast"):
+        zfast.data.Perturbations(line_contrast=-0.1)

@@ -88,6 +88,11 @@ class Perturbations:
             ⟨s₁⟩·(α·s₁/⟨s₁⟩ + (1-α)·s₂/⟨s₂⟩) with α ~ U(0, 1) and ⟨·⟩ the mean over the band (the first SED's flux
             scale kept, for noise models in physical units): real galaxies are composites of
             populations a library holds only as separate SEDs. The second SED is drawn as the first (same weights).
+        line_contrast (float): rms of ln α, where each spectrum's features are raised to the power α about their
+            smooth continuum C (a running mean over ``CONTRAST_WINDOW`` pixels): s -> C·(s/C)^α. Absorption depths
+            and emission equivalent widths scale together, as with other metallicities, ages and nebular
+            conditions than the library's (real passive galaxies' metal lines are weaker or stronger than its
+            SSPs'). Applied before the LSF and the noise.
     """
 
     bad_pixel_prob: float = 0.0
@@ -95,8 +100,10 @@ class Perturbations:
     distortion: float = 0.0
     noise_variation: float = 0.0
     mix_prob: float = 0.0
+    line_contrast: float = 0.0
 
     DISTORTION_ORDER = 3
+    CONTRAST_WINDOW = 41  # pixels (~550 Å on NISP, ~200 Å in the rest frame): wider than lines and most bands
     NOISE_ORDER = 2
 
     def __post_init__(self):
@@ -105,14 +112,36 @@ class Perturbations:
         if not (0.0 <= self.bad_pixel_prob <= 1.0 and 0.0 <= self.bad_pixel_max < 1.0):
             raise ValueError(f"need 0 <= bad_pixel_prob <= 1 and 0 <= bad_pixel_max < 1, got "
                              f"{self.bad_pixel_prob}, {self.bad_pixel_max}")  # fmt: skip
-        for name in ("distortion", "noise_variation"):
+        for name in ("distortion", "noise_variation", "line_contrast"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 2.0):
                 raise ValueError(f"{name} must be within [0, 2] (an rms in ln flux), got {value}")
 
     @property
     def active(self) -> bool:
-        return self.bad_pixel_prob > 0 or self.distortion > 0 or self.noise_variation > 0 or self.mix_prob > 0
+        return (self.bad_pixel_prob > 0 or self.distortion > 0 or self.noise_variation > 0 or self.mix_prob > 0
+                or self.line_contrast > 0)  # fmt: skip
+
+
+def running_mean(spectra: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, M]: the mean of ``spectra`` [B, M] over ``window`` (odd) pixels centred on each, the window shortened
+    at the ends (so a constant stays constant)."""
+    half = window // 2
+    m = spectra.shape[1]
+    csum = torch.nn.functional.pad(torch.cumsum(spectra.double(), dim=1), (1, 0))
+    idx = torch.arange(m, device=spectra.device)
+    lo, hi = (idx - half).clamp(min=0), (idx + half + 1).clamp(max=m)
+    return ((csum[:, hi] - csum[:, lo]) / (hi - lo).double()).to(spectra.dtype)
+
+
+def contrast_scaled(spectra: torch.Tensor, rms: float, window: int, generator) -> torch.Tensor:
+    """``Perturbations.line_contrast``: C·(s/C)^α per spectrum of positive ``spectra`` [B, M], C their running
+    mean over ``window`` pixels, ln α ~ N(0, rms²); non-positive pixels are left as they are."""
+    alpha = torch.exp(rms * torch.randn(spectra.shape[0], 1, generator=generator, device=spectra.device, dtype=spectra.dtype))
+    continuum = running_mean(spectra, window)
+    good = (spectra > 0) & (continuum > 0)
+    ratio = torch.where(good, spectra / torch.where(good, continuum, 1.0), 1.0)
+    return torch.where(good, continuum * ratio.pow(alpha), spectra)
 
 
 @functools.lru_cache(maxsize=16)
@@ -307,6 +336,8 @@ class AugmentedSpectra:
         p = self.perturbations
         if p.mix_prob > 0:
             spectra = self._mixed(spectra, z, g)
+        if p.line_contrast > 0:
+            spectra = contrast_scaled(spectra, p.line_contrast, p.CONTRAST_WINDOW, g)
         if p.distortion > 0:
             spectra = spectra * smooth_log_profile(n_spectra, spectra.shape[1], p.distortion, p.DISTORTION_ORDER, g,
                                                    self.device, spectra.dtype).exp()  # fmt: skip

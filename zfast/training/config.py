@@ -39,6 +39,7 @@ class TrainConfig:
     distortion: float = field(default=0.0, metadata={"help": "training spectra: rms (in ln flux, per Legendre order 1-3) of a smooth multiplicative continuum distortion (flux calibration, dust laws)"})
     noise_variation: float = field(default=0.0, metadata={"help": "training spectra: rms of ln sigma along the spectrum (smooth, orders 1-2): noise that is not flat across the band"})
     sed_mix_prob: float = field(default=0.0, metadata={"help": "training spectra: share that mix two SEDs of the split at the same z (weights U(0,1), each SED normalised to its band mean): composite populations"})
+    line_contrast: float = field(default=0.0, metadata={"help": "training spectra: rms of ln α, each spectrum's features raised to the power α about their smooth continuum (absorption depths and emission EWs scaled together: other metallicities and ages than the library's)"})
     min_line_snr: float = field(default=0.0, metadata={"help": "train (and validate) only on spectra whose Hα + [NII] detection SNR is at least this (Euclid convention; 3.5 with --noise euclid is the survey's 2e-16 erg/s/cm² line-flux limit, i.e. the galaxies it targets); 0: all"})
     z_min: float = field(default=1.0, metadata={"help": "lowest redshift drawn (and first bin edge)"})
     z_max: float = field(default=1.8, metadata={"help": "redshifts are drawn below this (last bin edge)"})
@@ -176,7 +177,7 @@ def check_config(c: TrainConfig) -> None:
     if c.snr_max < c.snr_min:
         problems.append("need snr_min <= snr_max")
     try:
-        Perturbations(c.bad_pixel_prob, c.bad_pixel_max, c.distortion, c.noise_variation, c.sed_mix_prob)
+        Perturbations(c.bad_pixel_prob, c.bad_pixel_max, c.distortion, c.noise_variation, c.sed_mix_prob, c.line_contrast)
     except ValueError as error:
         problems.append(str(error))
     if not (0 <= c.z_min < c.z_max):

@@ -28,7 +28,7 @@ def perturbations(c: TrainConfig, split: str) -> Perturbations:
     if split != "train":
         return Perturbations()
     return Perturbations(c.bad_pixel_prob, c.bad_pixel_max, c.distortion, c.noise_variation if c.noise != "none" else 0.0,
-                         c.sed_mix_prob)
+                         c.sed_mix_prob, c.line_contrast)
 
 
 def sed_weights(c: TrainConfig, library: SEDLibrary, split: str):
