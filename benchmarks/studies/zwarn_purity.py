@@ -41,6 +41,7 @@ from zfast.data.instrument import Instrument  # noqa: E402
 from zfast.data.sets import load_library  # noqa: E402
 from zfast.training import config as training_config  # noqa: E402
 from zfast.training.streams import augmented  # noqa: E402
+from zfast.training.thresholds import masked_validation  # noqa: E402
 
 THRESHOLDS = np.arange(0.0, 60.0001, 0.25)
 TARGET_PURITY = 0.995  # on validation: 0.5 % above the promise, for sampling (±0.2 % at 99 % with 2,048 spectra)
@@ -71,13 +72,18 @@ def predict(model, wave, flux, ivar) -> dict:
     return zfast.predict(model, wave, flux, ivar, batch_size=512, **PREDICT_OPTIONS)
 
 
-def validation(model, c, library, n: int) -> dict:
-    """condition -> (z_true, result) on the run's validation SEDs."""
+def validation(model, c, library, n: int, masked: bool = False) -> dict:
+    """condition -> (z_true, result) on the run's validation SEDs; with ``masked`` also white SNR 10 with scattered
+    bad pixels at rates uniform in [0, 20 %) (``zfast.training.thresholds.MASKED``'s draw)."""
     out = {}
     for k, (condition, noise) in enumerate(paper_table.CONDITIONS.items()):
         instrument = Instrument.preset(c.instrument, noise)
         flux, ivar, z, _ = augmented(c, library, instrument, "val").fixed_set(n, seed=VALIDATION_SEED + k)
         out[condition] = (z, predict(model, instrument.wavelength, flux, ivar))
+    if masked:
+        instrument = Instrument.preset(c.instrument, paper_table.CONDITIONS["snr10"])
+        flux, ivar, z = masked_validation(c, library, instrument, n, VALIDATION_SEED + len(out))
+        out["snr10_masked"] = (z, predict(model, instrument.wavelength, flux, ivar))
     return out
 
 
@@ -111,6 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, default=TARGET_PURITY, help="purity ZWARN = 0 must reach on validation")
     parser.add_argument("--templates", help="also fit templates (zfast.predict's templates=): ZWARN gets FIT_DISAGREES")
     parser.add_argument("--template-points", type=int, help="with --templates: the hybrid's points (docs/hybrid.md)")
+    parser.add_argument("--masked-validation", action="store_true",
+                        help="the study's own threshold also over masked validation spectra (SNR 10, bad pixels 0-20 %%)")
     parser.add_argument("--out", default="zwarn.json")
     args = parser.parse_args(argv)
     if args.template_points is not None and args.templates is None:
@@ -122,7 +130,7 @@ def main(argv=None) -> int:
     model = zfast.load_model(args.checkpoint, "cpu")
     c = training_config.config_from_dict(checkpoint.read(args.checkpoint).config)
     library = load_library(c.library)
-    val = validation(model, c, library, args.n_val)
+    val = validation(model, c, library, args.n_val, args.masked_validation)
     threshold = deltachi2_min(model)  # the model's own (fitted at the end of its run), as the catalogue applies it
     chosen = choose_threshold(val, args.target)
     print(f"DELTACHI2 threshold of the model: {threshold}; this study's rule on its own validation draw: {chosen}; "

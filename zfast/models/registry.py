@@ -4,6 +4,8 @@ is added (``build_model``) and split off (``split_outside``).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -24,8 +26,9 @@ def head_size(estimator: str, n_bins: int) -> int:
 
 
 MODELS = {"paper-cnn": PaperCNN, "resnet1d": ResNet1D, "resnet1d-wide": resnet1d_wide, "resnet1d-log": LogGridResNet1D,
-          "resnet1d-shift": ShiftResNet1D}  # fmt: skip
-NEEDS_GRID = ("resnet1d-log", "resnet1d-shift")
+          "resnet1d-shift": ShiftResNet1D, "resnet1d-shift-fine": functools.partial(ShiftResNet1D, fine_channels=16)}  # fmt: skip
+NEEDS_GRID = ("resnet1d-log", "resnet1d-shift", "resnet1d-shift-fine")
+NEEDS_Z = ("resnet1d-shift", "resnet1d-shift-fine")
 
 
 def build_model(name: str, n_pixels: int, estimator: str, n_bins: int, outside: bool = False,
@@ -43,10 +46,10 @@ def build_model(name: str, n_pixels: int, estimator: str, n_bins: int, outside: 
         return MODELS[name](n_pixels, n_outputs)
     if wave_edges is None:
         raise ValueError(f"model {name!r} needs the instrument's wave_edges")
-    if name != "resnet1d-shift":
+    if name not in NEEDS_Z:
         return MODELS[name](n_pixels, n_outputs, wave_edges, n_log=n_log)
     if estimator == "regression" or z_range is None:
-        raise ValueError("model 'resnet1d-shift' scores redshift bins: it needs a binned estimator and z_range")
+        raise ValueError(f"model {name!r} scores redshift bins: it needs a binned estimator and z_range")
     z_min, z_max = z_range
     return MODELS[name](n_pixels, n_outputs, wave_edges, z_min + (z_max - z_min) * torch.arange(n_bins + 1.0) / n_bins, n_log=n_log)
 

@@ -47,7 +47,7 @@ class TrainConfig:
     split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split by SED"})
     train_seds: int = field(default=0, metadata={"help": "train on only this many of the training SEDs, a seeded random subset (0: all)"})
     holdout_sfh: str = field(default="", metadata={"help": "keep every SED of this star-formation-history recipe (library params sfh_type) out of training, as a 'holdout' test set"})
-    model: str = field(default="resnet1d", metadata={"help": "network: resnet1d, resnet1d-wide (2x the channels, ~3x the compute), resnet1d-log (resnet1d on a log-λ resampling of the input), resnet1d-shift (resnet1d-log plus rest-frame templates slid over z), paper-cnn"})
+    model: str = field(default="resnet1d", metadata={"help": "network: resnet1d, resnet1d-wide (2x the channels, ~3x the compute), resnet1d-log (resnet1d on a log-λ resampling of the input), resnet1d-shift (resnet1d-log plus rest-frame templates slid over z), resnet1d-shift-fine (resnet1d-shift plus a second template branch on the stem's finer features), paper-cnn"})
     estimator: str = field(default="classification", metadata={"help": "regression, classification, distribution"})
     log_pixels: int = field(default=0, metadata={"help": "resnet1d-log / resnet1d-shift: pixels of the log-λ grid (other models ignore it); 0: as many as keep the instrument's finest sampling (636 on NISP); the quick preset takes 512, ~1.4x faster per step (docs/real_galaxies.md)"})
     n_bins: int = field(default=800, metadata={"help": "redshift bins of the binned estimators"})
