@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from zfast.models import PaperCNN, ResNet1D, build_model, head_size
+from zfast.models.shift_resnet import correlate
 
 
 def test_paper_cnn_is_the_published_stack():
@@ -228,6 +229,64 @@ def test_shift_resnet_branch_is_redshift_equivariant_and_starts_at_zero():
         build_model("resnet1d-shift", 512, "regression", 800, wave_edges=edges, z_range=(1.0, 1.8))
     with pytest.raises(ValueError, match="binned estimator"):
         build_model("resnet1d-shift", 512, "classification", 800, wave_edges=edges)
+
+
+def test_shift_resnet_fine_branch_adds_its_scores_and_is_equivariant_by_two_log_pixels():
+    """resnet1d-shift-fine: the same trunk, coarse branch and state-dict names as resnet1d-shift plus the fine
+    branch; its forward equals both branches written with nn.Conv1d / conv1d (float64 reference) and its scores
+    move by one trial shift when the spectrum moves by its stride (2 log pixels); the fine grid's interpolation
+    recovers each bin's ln(1 + z)."""
+    from zfast.bins import redshift_bin_edges
+    from zfast.data.instrument import Instrument
+
+    edges = Instrument.preset("euclid-nisp-red").wave_edges
+    torch.manual_seed(0)
+    plain = build_model("resnet1d-shift", 512, "classification", 800, outside=True, wave_edges=edges, z_range=(1.0, 1.8), n_log=512)
+    torch.manual_seed(0)
+    model = build_model("resnet1d-shift-fine", 512, "classification", 800, outside=True, wave_edges=edges, z_range=(1.0, 1.8),
+                        n_log=512)  # fmt: skip
+    assert set(plain.state_dict()) < set(model.state_dict())
+    assert {k for k in model.state_dict() if k not in plain.state_dict()} == {"fine_project.weight", "fine_project.bias", "fine_templates"}
+    model.eval()
+    generator = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        model.templates.normal_(generator=generator)
+        model.fine_templates.normal_(generator=generator)
+    batch = torch.randn(4, 512, generator=generator)
+    with torch.no_grad():
+        x = (batch @ model.resample)[:, None, :]
+        stem = model.features[: model.fine_tap](x)
+        mid = model.features[model.fine_tap : model.tap](stem)
+        expected = model.head(model.features[model.tap :](mid)).double()
+        for features, project, templates, n_shifts, interp in (
+            (mid, model.project, model.templates, model.n_shifts, model.interp),
+            (stem, model.fine_project, model.fine_templates, model.fine_shifts, model.fine_interp),
+        ):
+            padded = nn.functional.pad(project(features).double(), (n_shifts - 1, n_shifts - 1))
+            direct = nn.functional.conv1d(padded, templates.double())
+            expected[:, : model.n_bins] += direct.transpose(1, 2).reshape(4, -1) @ interp.double()
+        torch.testing.assert_close(model(batch).double(), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    # The fine grid: stride 2, fine_sub sub-steps; interpolated positions recover the bins' ln(1 + z).
+    n_log = model.resample.shape[1]
+    step = math.log(edges[-1].item() / edges[0].item()) / n_log
+    fine = torch.arange(model.fine_interp.shape[0], dtype=torch.float64) * 2 * step / model.fine_sub
+    centres = torch.log1p(0.5 * (redshift_bin_edges(1.0, 1.8, 800)[1:] + redshift_bin_edges(1.0, 1.8, 800)[:-1]))
+    recovered = fine @ model.fine_interp.double()
+    torch.testing.assert_close(recovered - recovered[0], centres - centres[0], rtol=0, atol=1e-7)
+    # Equivariance of the fine scores: a localised spectrum moved by 2 log pixels moves them by one trial shift.
+    with torch.no_grad():
+        model.fine_project.bias.zero_()
+        spectrum = torch.zeros(1, n_log)
+        spectrum[0, 150:330] = torch.randn(180, generator=generator)
+
+        def scores(log_flux):
+            projected = model.fine_project(model.features[: model.fine_tap](log_flux[:, None, :]))
+            return correlate(projected, model.fine_templates, model.fine_shifts)
+
+        a, b = scores(spectrum), scores(torch.roll(spectrum, 2, dims=1))
+    assert a.abs().max() > 0.01
+    torch.testing.assert_close(b[:, :, 1:], a[:, :, :-1], rtol=0, atol=1e-5 * float(a.abs().max()))  # FFT rounding
+    assert not torch.allclose(b, a, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("stride, kernel, length", [(1, 5, 37), (2, 5, 64), (2, 7, 101), (2, 1, 33)])
