@@ -284,3 +284,24 @@ def test_representative_seds_cover_rare_families(generator):
     families = set(slopes[picks].tolist())
     assert families == {-2.0, 0.0, 2.0}
     assert torch.equal(representative_seds(library, seds, 135, edges, (1.0, 1.8)), seds)
+
+
+def test_predict_prescans_widened_spectra_with_a_large_library(model, monkeypatch):
+    """With more than 2 x PRESCAN_SEDS SEDs, load_templates picks the representative SEDs once and the hybrid's
+    widened spectra pre-scan with them: at SNR 20 the same z as the hybrid that widens to the full scan."""
+    from zfast.predict import load_templates
+
+    library, instrument, flux, ivar, z, sed = _spectra(zfast.NoiseModel("white", snr=(20.0, 20.0)), 6, 31)
+    wave = library.wavelength
+    big = zfast.SEDLibrary(wave, torch.cat([library.flux * (wave / 1e4) ** a for a in (-0.2, 0.0, 0.2)]), dln=library.dln)
+    monkeypatch.setattr(zfast.hybrid, "PRESCAN_SEDS", 500)
+    monkeypatch.setattr(zfast.hybrid, "MAX_MISSING", 0.0)  # every spectrum widened: each one goes through the pre-scan
+    loaded = load_templates(big, model, 8)
+    assert loaded.prescan is not None and loaded.prescan.numel() == 500 and loaded.prescan.unique().numel() == 500
+    assert load_templates(big, model).prescan is None and load_templates(library, model, 8).prescan is None  # < 2 x 500
+    pre = zfast.predict(model, instrument.wavelength, flux, ivar, templates=big, template_points=8)
+    monkeypatch.setattr(zfast.hybrid, "PRESCAN_SEDS", 10**9)  # widened spectra: the full scan
+    full = zfast.predict(model, instrument.wavelength, flux, ivar, templates=big, template_points=8)
+    right = (full["z_template"] - z.double()).abs() / (1 + z.double()) < 0.01
+    assert right.sum() >= 4
+    torch.testing.assert_close(pre["z_template"][right], full["z_template"][right], rtol=0, atol=1e-6)

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from .bins import normalised_probs, window_mass
-from .template_fit import library_fit_redshift
+from .template_fit import coarse_grid, coarse_scores, fit_weights
 
 N_POINTS = 24  # coarse points scanned per spectrum at most (of 400 at step 2e-3 over [1, 1.8)): docs/hybrid.md
 REACH = 1.5  # each point's cell, in coarse steps either side
@@ -91,14 +91,16 @@ def missing_mass(p: torch.Tensor, edges: torch.Tensor, grid: torch.Tensor, step:
 
 def prescanned(library, instrument, flux: torch.Tensor, ivar: torch.Tensor, seds: Optional[torch.Tensor], own: torch.Tensor,
                widened: torch.Tensor, z_range: tuple, step: float, marginalise: bool = True,
-               n_seds: Optional[int] = None, n_points: Optional[int] = None) -> torch.Tensor:  # fmt: skip
+               n_seds: Optional[int] = None, n_points: Optional[int] = None,
+               subset: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
     """bool [B, K]: the scan of ``library_fit_redshift(scan=...)`` for spectra ``flux``, ``ivar`` [B, M] whose
     network's own points are ``own`` [B, K] (``scan_points(..., max_missing=1.0)``) and of which the rows ``widened``
     [B] (bool) are to be scanned everywhere. With ``seds`` (default: the whole library) holding more than twice
     ``n_seds`` (default ``PRESCAN_SEDS``) SEDs, a widened row scans instead its own points and the ``n_points``
     (default ``PRESCAN_POINTS``) coarse points where ``n_seds`` of the SEDs (``representative_seds``) score best
     over the whole grid (the fit's own valley score: the SED-marginalised likelihood, the smallest χ² for
-    noiseless spectra or with ``marginalise=False``); otherwise it scans every point.
+    noiseless spectra or with ``marginalise=False``); otherwise it scans every point. ``subset``: those SEDs, when
+    already chosen (``Templates.prescan``: once per loaded template set, not once per batch).
 
     Why: widened rows (the network unsure) cost the full fit each, with 7,200 SEDs most of the hybrid's time at
     SNR 10 (docs/hybrid.md). A valley of the full library's χ² is a valley for most SEDs like the best one, so a
@@ -116,11 +118,15 @@ def prescanned(library, instrument, flux: torch.Tensor, ivar: torch.Tensor, seds
     if every.numel() <= 2 * n_seds or n_points >= own.shape[1]:
         scan[rows] = True
         return scan
-    subset = representative_seds(library, every, n_seds, instrument.wave_edges, z_range)
-    fit = library_fit_redshift(library, instrument, flux[rows], ivar[rows], subset.to(library.device), z_range, step=step,
-                               n_refine=0, marginalise=marginalise)  # fmt: skip
-    marginal = (~torch.isinf(ivar[rows]).any(dim=1) & marginalise).cpu()
-    score = torch.where(marginal[:, None], fit["log_like_grid"], -fit["chi2_grid"])  # [R, K], the fit's valley score
+    if subset is None:
+        subset = representative_seds(library, every, n_seds, instrument.wave_edges, z_range)
+    # The fit's coarse stage alone (no refinement: only its valley scores are wanted), as library_fit_redshift runs it.
+    device = library.device
+    weight, values = fit_weights(flux[rows].double().to(device), ivar[rows].double().to(device))
+    marginal = ~torch.isinf(ivar[rows].to(device)).any(dim=1) & marginalise
+    chi2_top, _, log_like, _ = coarse_scores(library, instrument, torch.as_tensor(subset).to(device), coarse_grid(z_range, step),
+                                             values, weight, marginal, 4096, None)  # fmt: skip
+    score = torch.where(marginal[:, None], log_like, -chi2_top[:, :, 0])  # [R, K], the fit's valley score
     best = score.nan_to_num(-math.inf).topk(n_points, dim=1).indices
     scan[rows.to(scan.device)] |= torch.zeros_like(score, dtype=torch.bool).scatter_(1, best, True).to(scan.device)
     return scan

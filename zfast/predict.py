@@ -40,6 +40,7 @@ from .models import split_outside
 from .ood import ood_features, ood_scores
 from .ops import spectra_resample
 from .ops.rebin import cumulative_at, pixel_edges
+from . import hybrid
 from .hybrid import prescanned, scan_points
 from .template_fit import coarse_grid, fit_deltachi2, library_fit_redshift
 from .units import astropy_arrays
@@ -357,6 +358,7 @@ class Templates(NamedTuple):
     library: SEDLibrary
     seds: Optional[torch.Tensor]
     points: Optional[int] = None
+    prescan: Optional[torch.Tensor] = None  # with points and a large library: the SEDs widened spectra pre-scan with
 
 
 def load_templates(templates, model: Model, points: Optional[int] = None) -> Optional[Templates]:
@@ -375,8 +377,14 @@ def load_templates(templates, model: Model, points: Optional[int] = None) -> Opt
         if model.estimator == "regression":
             raise ValueError("template_points: the network must give a P(z) (a binned estimator), this one is a regression")
     library, seds = _template_library(templates, model)
-    return Templates(library.to(model.device), None if seds is None else torch.as_tensor(seds).to(model.device),
-                     None if points is None else int(points))  # fmt: skip
+    seds = None if seds is None else torch.as_tensor(seds)
+    n_fit = len(library) if seds is None else seds.numel()
+    prescan = None
+    if points is not None and n_fit > 2 * hybrid.PRESCAN_SEDS:  # zfast.hybrid.prescanned's subset, chosen once
+        every = torch.arange(len(library)) if seds is None else seds.cpu()
+        prescan = hybrid.representative_seds(library, every, hybrid.PRESCAN_SEDS, model.instrument.wave_edges, model.z_range)
+    return Templates(library.to(model.device), None if seds is None else seds.to(model.device),
+                     None if points is None else int(points), prescan)  # fmt: skip
 
 
 def template_columns(model: Model, normalised: torch.Tensor, ivar: torch.Tensor, templates: Templates, known_noise: bool = True,
@@ -384,7 +392,7 @@ def template_columns(model: Model, normalised: torch.Tensor, ivar: torch.Tensor,
     """TEMPLATE_COLUMNS [B] float64 for normalised spectra and their ivar: the best SED and z of
     ``library_fit_redshift`` over the model's z range (with ``templates.points``: only at the points of the
     network's P(z) ``probs`` [B, K], ``zfast.hybrid.scan_points``); NaN for spectra with fewer than two valid pixels."""
-    library, seds, points = templates
+    library, seds, points, prescan = templates
     scan = None
     if points is not None:
         grid = coarse_grid(model.z_range, FIT_STEP)
@@ -392,7 +400,7 @@ def template_columns(model: Model, normalised: torch.Tensor, ivar: torch.Tensor,
         own = scan_points(probs, edges, grid, FIT_STEP, points, max_missing=1.0)
         widened = (scan_points(probs, edges, grid, FIT_STEP, points) & ~own).any(dim=1)
         scan = prescanned(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, own.to(library.device),
-                          widened.to(library.device), model.z_range, FIT_STEP, marginalise=known_noise)  # fmt: skip
+                          widened.to(library.device), model.z_range, FIT_STEP, marginalise=known_noise, subset=prescan)  # fmt: skip
     # Without the user's ivar the χ² scale is unknown: no marginalising over SEDs, and the noise comes from the residuals.
     fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, model.z_range,
                                step=FIT_STEP, n_refine=FIT_REFINE, marginalise=known_noise, scan=scan)  # fmt: skip

@@ -141,7 +141,7 @@ def library_fit_redshift(library: SEDLibrary, instrument: Instrument, flux: torc
     weight, flux = fit_weights(flux.to(device), ivar.to(device))
     # Noiseless spectra (ivar = inf: unit weights) have no χ² scale to marginalise with: the best SED alone decides.
     marginal = ~torch.isinf(ivar.to(device)).any(dim=1) & marginalise
-    chi2_top, sed_top, log_like, chi2_scale = _coarse_scores(library, instrument, seds, grid, flux, weight, marginal, chunk,
+    chi2_top, sed_top, log_like, chi2_scale = coarse_scores(library, instrument, seds, grid, flux, weight, marginal, chunk,
                                                              progress, scan)  # fmt: skip
     pair, centre = _pairs_to_refine(chi2_top, log_like, marginal, n_refine)
     b, n_pairs = pair.shape
@@ -192,7 +192,7 @@ def rendered(library: SEDLibrary, instrument: Instrument, seds: torch.Tensor, z:
     return templates, templates.square()
 
 
-def _coarse_scores(library: SEDLibrary, instrument: Instrument, seds: torch.Tensor, grid: torch.Tensor, flux: torch.Tensor,
+def coarse_scores(library: SEDLibrary, instrument: Instrument, seds: torch.Tensor, grid: torch.Tensor, flux: torch.Tensor,
                    weight: torch.Tensor, marginal: torch.Tensor, chunk: int, progress, scan=None) -> tuple:  # fmt: skip
     """The coarse stage of ``library_fit_redshift``, in float32: every SED ``seds`` [S] at every z of ``grid`` [K]
     against spectra ``flux`` [B, M] with weights ``weight`` (``fit_weights``), ``chunk`` spectra per matmul.
@@ -250,7 +250,7 @@ def _log_sum_exp(chi: torch.Tensor, scale: torch.Tensor, chi_min: torch.Tensor) 
 
 
 def _pairs_to_refine(chi2_top: torch.Tensor, log_like: torch.Tensor, marginal: torch.Tensor, n_refine: int) -> tuple:
-    """(pair [B, P], centre [B, 1]): the (z, SED) pairs of ``_coarse_scores`` to refine, as flat indices z·top + rank
+    """(pair [B, P], centre [B, 1]): the (z, SED) pairs of ``coarse_scores`` to refine, as flat indices z·top + rank
     into chi2_top [B, K, top], and the coarse z index of each spectrum's chosen valley.
 
     The valley: the z of the largest likelihood summed over the SEDs (``log_like``, a uniform prior over the library)
