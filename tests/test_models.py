@@ -376,3 +376,37 @@ def test_shift_resnet_fft_length_is_the_smallest_5_smooth_that_holds_the_templat
             fast = model.template_scores(projected)
             assert fast.shape == reference.shape
             torch.testing.assert_close(fast.double(), reference, rtol=0, atol=1e-5 * float(reference.detach().abs().max()))
+
+
+def test_activation_option_swaps_every_silu_and_survives_the_checkpoint_config():
+    """activation="hardswish": every SiLU of the residual networks becomes Hardswish (same state dict, other
+    outputs), the OOD taps keep their count, build_network reads it from a run's config (absent: SiLU), and bad
+    names or the paper's CNN are refused."""
+    from zfast.checkpoint import build_network
+    from zfast.data.instrument import Instrument
+    from zfast.training.config import PRESETS, TrainConfig
+
+    edges = Instrument.preset("euclid-nisp-red").wave_edges
+    torch.manual_seed(0)
+    silu = build_model("resnet1d-shift", 512, "classification", 800, outside=True, wave_edges=edges, z_range=(1.0, 1.8))
+    torch.manual_seed(0)
+    hard = build_model("resnet1d-shift", 512, "classification", 800, outside=True, wave_edges=edges, z_range=(1.0, 1.8),
+                       activation="hardswish")  # fmt: skip
+    kinds = lambda m, kind: sum(isinstance(x, kind) for x in m.modules())  # noqa: E731
+    assert kinds(hard, nn.SiLU) == 0 and kinds(hard, nn.Hardswish) == kinds(silu, nn.SiLU) == 14
+    assert len(hard.ood_taps()) == len(silu.ood_taps())
+    hard.load_state_dict(silu.state_dict())  # the same parameters and buffers
+    x = torch.randn(3, 512, generator=torch.Generator().manual_seed(1))
+    silu.eval(), hard.eval()
+    with torch.no_grad():
+        log_x = (x @ silu.resample)[:, None, :]
+        a, b = silu.features(log_x), hard.features(log_x)
+        assert (a - b).abs().max() > 1e-2 * a.abs().max()  # another function of the same weights
+    config = {**TrainConfig().__dict__, **PRESETS["quick"]}
+    assert kinds(build_network({**config, "activation": "hardswish"})[0], nn.Hardswish) == 14
+    legacy = {k: v for k, v in config.items() if k != "activation"}
+    assert kinds(build_network(legacy)[0], nn.SiLU) == 14
+    with pytest.raises(ValueError, match="activation must be one of"):
+        build_model("resnet1d", 512, "classification", 80, activation="gelu")
+    with pytest.raises(ValueError, match="paper's CNN"):
+        build_model("paper-cnn", 512, "classification", 80, activation="hardswish")

@@ -312,7 +312,7 @@ def build_network(config: dict) -> tuple[nn.Module, Instrument]:
     instrument = Instrument.preset(config["instrument"])
     network = build_model(config["model"], instrument.n_pixels, config["estimator"], config["n_bins"], has_outside(config),
                           wave_edges=instrument.wave_edges, z_range=(config["z_min"], config["z_max"]),
-                          n_log=int(config.get("log_pixels", 0)) or None)  # fmt: skip
+                          n_log=int(config.get("log_pixels", 0)) or None, activation=config.get("activation", "silu"))  # fmt: skip
     return network, instrument
 
 

@@ -29,7 +29,7 @@ GROUPS = {
     "data": ("library", "instrument", "noise", "snr_min", "snr_max", "mask_prob", "max_gap", "bad_pixel_prob", "bad_pixel_max",
              "distortion", "noise_variation", "sed_mix_prob", "line_contrast", "min_line_snr", "z_min", "z_max", "outside_prob", "weak_line_weight",
              "split_seed", "train_seds", "holdout_sfh"),
-    "model": ("model", "log_pixels", "compile"),
+    "model": ("model", "log_pixels", "activation", "compile"),
     "estimator": ("estimator", "n_bins", "label_sigma_bins", "label_start_factor", "lambda_js", "lambda_ent", "lambda_ce",
                   "schedule_fraction", "outside_weight"),
     "optimisation": ("batch_size", "steps", "lr", "weight_decay", "ema", "seed", "amp"),

@@ -32,26 +32,33 @@ NEEDS_Z = ("resnet1d-shift", "resnet1d-shift-fine")
 
 
 def build_model(name: str, n_pixels: int, estimator: str, n_bins: int, outside: bool = False,
-                wave_edges: torch.Tensor | None = None, z_range: tuple | None = None, n_log: int | None = None) -> nn.Module:
+                wave_edges: torch.Tensor | None = None, z_range: tuple | None = None, n_log: int | None = None,
+                activation: str = "silu") -> nn.Module:  # fmt: skip
     """``MODELS[name](n_pixels, head_size(estimator, n_bins) + outside)``: with ``outside``, one more output last,
     the logit of "this galaxy's z is outside the trained range" (zfast-train ``--outside-prob``). Models in
     ``NEEDS_GRID`` also take the instrument's pixel edges ``wave_edges``; resnet1d-shift (binned estimators
     only) the trained redshift range ``z_range`` = (z_min, z_max) of the ``n_bins`` uniform bins. ``n_log``: the
     log grid's pixels of those models (None: the instrument's finest sampling); the others ignore it (so
-    ``zfast-train --preset quick --model resnet1d`` runs as it reads)."""
+    ``zfast-train --preset quick --model resnet1d`` runs as it reads). ``activation``: the residual networks'
+    ("silu" or "hardswish"; the paper's CNN has ReLU)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     n_outputs = head_size(estimator, n_bins) + int(bool(outside))
-    if name not in NEEDS_GRID:
+    if name == "paper-cnn":
+        if activation != "silu":
+            raise ValueError("activation: the paper's CNN has its own (ReLU); the option is for the residual networks")
         return MODELS[name](n_pixels, n_outputs)
+    if name not in NEEDS_GRID:
+        return MODELS[name](n_pixels, n_outputs, activation=activation)
     if wave_edges is None:
         raise ValueError(f"model {name!r} needs the instrument's wave_edges")
     if name not in NEEDS_Z:
-        return MODELS[name](n_pixels, n_outputs, wave_edges, n_log=n_log)
+        return MODELS[name](n_pixels, n_outputs, wave_edges, n_log=n_log, activation=activation)
     if estimator == "regression" or z_range is None:
         raise ValueError(f"model {name!r} scores redshift bins: it needs a binned estimator and z_range")
     z_min, z_max = z_range
-    return MODELS[name](n_pixels, n_outputs, wave_edges, z_min + (z_max - z_min) * torch.arange(n_bins + 1.0) / n_bins, n_log=n_log)
+    return MODELS[name](n_pixels, n_outputs, wave_edges, z_min + (z_max - z_min) * torch.arange(n_bins + 1.0) / n_bins, n_log=n_log,
+                        activation=activation)  # fmt: skip
 
 
 def split_outside(output: torch.Tensor, outside: bool) -> tuple:

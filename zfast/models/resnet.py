@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import BatchNorm1dNHWC, Conv1dNHWC, ResidualBlock1D
+from .layers import ACTIVATIONS, BatchNorm1dNHWC, Conv1dNHWC, ResidualBlock1D, activation_layer
 
 
 class ResNet1D(nn.Module):
@@ -22,19 +22,21 @@ class ResNet1D(nn.Module):
     Args:
         n_pixels (int): length M of the input. n_outputs (int): width of the head.
         channels (tuple): widths of the stem and the stages. dropout (float): before the last layer.
+        activation (str): "silu" (default) or "hardswish" (``zfast.models.layers.ACTIVATIONS``).
     """
 
-    def __init__(self, n_pixels: int, n_outputs: int, channels: tuple = (16, 32, 64, 64), dropout: float = 0.2):
+    def __init__(self, n_pixels: int, n_outputs: int, channels: tuple = (16, 32, 64, 64), dropout: float = 0.2,
+                 activation: str = "silu"):  # fmt: skip
         super().__init__()
         stem, *stages = channels
-        layers = [Conv1dNHWC(1, stem, 7, stride=2, padding=3, bias=False), BatchNorm1dNHWC(stem), nn.SiLU()]
+        layers = [Conv1dNHWC(1, stem, 7, stride=2, padding=3, bias=False), BatchNorm1dNHWC(stem), activation_layer(activation)]
         length, width = (n_pixels + 1) // 2, stem
         for out in stages:
-            layers += [ResidualBlock1D(width, out, stride=2), ResidualBlock1D(out, out, stride=1)]
+            layers += [ResidualBlock1D(width, out, stride=2, activation=activation), ResidualBlock1D(out, out, stride=1, activation=activation)]
             length, width = (length + 1) // 2, out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(width * length, 256), nn.SiLU(), nn.Dropout(dropout), nn.Linear(256, n_outputs)
+            nn.Flatten(), nn.Linear(width * length, 256), activation_layer(activation), nn.Dropout(dropout), nn.Linear(256, n_outputs)
         )
 
     def forward(self, flux: torch.Tensor) -> torch.Tensor:
@@ -42,10 +44,10 @@ class ResNet1D(nn.Module):
 
     def ood_taps(self) -> list:
         """The stem's activation and every residual block, whose activations the OOD score summarises."""
-        return [m for m in self.features if isinstance(m, (nn.SiLU, ResidualBlock1D))]
+        return [m for m in self.features if isinstance(m, (*ACTIVATIONS.values(), ResidualBlock1D))]
 
 
-def resnet1d_wide(n_pixels: int, n_outputs: int) -> ResNet1D:
+def resnet1d_wide(n_pixels: int, n_outputs: int, activation: str = "silu") -> ResNet1D:
     """ResNet1D with twice the channels, (32, 64, 128, 128): 1.97 M parameters for 512 pixels and 800 bins,
     about 3x the compute per training step of the default."""
-    return ResNet1D(n_pixels, n_outputs, channels=(32, 64, 128, 128))
+    return ResNet1D(n_pixels, n_outputs, channels=(32, 64, 128, 128), activation=activation)

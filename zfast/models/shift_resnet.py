@@ -42,8 +42,8 @@ class ShiftResNet1D(LogGridResNet1D):
 
     def __init__(self, n_pixels: int, n_outputs: int, wave_edges: torch.Tensor, z_edges: torch.Tensor,
                  n_sub: int = 16, template_channels: int = 16, n_log: int | None = None, fine_channels: int = 0,
-                 fine_sub: int = 4):  # fmt: skip
-        super().__init__(n_pixels, n_outputs, wave_edges, n_log=n_log)
+                 fine_sub: int = 4, activation: str = "silu"):  # fmt: skip
+        super().__init__(n_pixels, n_outputs, wave_edges, n_log=n_log, activation=activation)
         z_edges = torch.as_tensor(z_edges, dtype=torch.float64).cpu()
         n_bins = z_edges.numel() - 1
         if n_bins < 2 or n_bins > n_outputs or not bool((z_edges[1:] > z_edges[:-1]).all()) or z_edges[0] <= -1:

@@ -19,6 +19,7 @@ from typing import Optional
 
 from ..checkpoint import LEGACY_CONFIG
 from ..data import Perturbations
+from ..models.layers import ACTIVATIONS
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainConfig:
     holdout_sfh: str = field(default="", metadata={"help": "keep every SED of this star-formation-history recipe (library params sfh_type) out of training, as a 'holdout' test set"})
     model: str = field(default="resnet1d", metadata={"help": "network: resnet1d, resnet1d-wide (2x the channels, ~3x the compute), resnet1d-log (resnet1d on a log-λ resampling of the input), resnet1d-shift (resnet1d-log plus rest-frame templates slid over z), resnet1d-shift-fine (resnet1d-shift plus a second template branch on the stem's finer features), paper-cnn"})
     estimator: str = field(default="classification", metadata={"help": "regression, classification, distribution"})
+    activation: str = field(default="silu", metadata={"help": "the residual networks' activation: silu, or hardswish (no exp: ~4x cheaper on CPUs without AVX-512, docs/performance.md)"})
     log_pixels: int = field(default=0, metadata={"help": "resnet1d-log / resnet1d-shift: pixels of the log-λ grid (other models ignore it); 0: as many as keep the instrument's finest sampling (636 on NISP); the quick preset takes 512, ~1.4x faster per step (docs/real_galaxies.md)"})
     n_bins: int = field(default=800, metadata={"help": "redshift bins of the binned estimators"})
     label_sigma_bins: float = field(default=1.5, metadata={"help": "distribution: soft-label σ, in bins"})
@@ -168,6 +170,8 @@ def check_config(c: TrainConfig) -> None:
     problems += _range_problems(c)
     if c.lambda_ce < 0:
         problems.append("lambda_ce must be >= 0")
+    if c.activation not in ACTIVATIONS:
+        problems.append(f"activation {c.activation!r} ({', '.join(sorted(ACTIVATIONS))})")
     if c.log_pixels < 0:
         problems.append(f"log_pixels must be >= 0 (0: the instrument's finest sampling), got {c.log_pixels}")
     if c.weak_line_weight <= 0:
