@@ -132,6 +132,29 @@ def prescanned(library, instrument, flux: torch.Tensor, ivar: torch.Tensor, seds
     return scan
 
 
+def hybrid_scan(probs: torch.Tensor, bin_edges, library, instrument, flux: torch.Tensor, ivar: torch.Tensor,
+                seds: Optional[torch.Tensor], n_points: int, z_range: tuple, step: float, marginalise: bool = True,
+                subset: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """bool [B, K]: the hybrid's scan for spectra ``flux``, ``ivar`` [B, M] with the network's P(z) ``probs``
+    [B, C] over ``bin_edges``: each row's ``scan_points``, its widened rows ``prescanned`` (with ``subset``, the
+    pre-scan's SEDs, where given) over the coarse grid of ``step`` on ``z_range``."""
+    grid = coarse_grid(z_range, step)
+    own = scan_points(probs, bin_edges, grid, step, n_points, max_missing=1.0)
+    widened = (scan_points(probs, bin_edges, grid, step, n_points) & ~own).any(dim=1)
+    device = library.device
+    return prescanned(library, instrument, flux.double(), ivar, seds, own.to(device), widened.to(device), z_range, step,
+                      marginalise=marginalise, subset=subset)  # fmt: skip
+
+
+def prescan_subset(library, seds: Optional[torch.Tensor], wave_edges, z_range: tuple) -> Optional[torch.Tensor]:
+    """``prescanned``'s ``subset`` for fitting with ``seds`` (None: all) of ``library``: ``representative_seds``
+    of them when they are more than twice ``PRESCAN_SEDS``, else None (no pre-scan)."""
+    every = torch.arange(len(library)) if seds is None else torch.as_tensor(seds).cpu()
+    if every.numel() <= 2 * PRESCAN_SEDS:
+        return None
+    return representative_seds(library, every, PRESCAN_SEDS, wave_edges, z_range)
+
+
 SHAPE_BINS = 128  # log-λ bins of the rest band in which representative_seds compares SED shapes
 KMEANS_ITERATIONS = 10  # its Lloyd iterations
 

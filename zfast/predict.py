@@ -40,9 +40,8 @@ from .models import split_outside
 from .ood import ood_features, ood_scores
 from .ops import spectra_resample
 from .ops.rebin import cumulative_at, pixel_edges
-from . import hybrid
-from .hybrid import prescanned, scan_points
-from .template_fit import coarse_grid, fit_deltachi2, library_fit_redshift
+from .hybrid import hybrid_scan, prescan_subset
+from .template_fit import fit_deltachi2, library_fit_redshift
 from .units import astropy_arrays
 from .wavelengths import air_to_vacuum
 
@@ -378,11 +377,7 @@ def load_templates(templates, model: Model, points: Optional[int] = None) -> Opt
             raise ValueError("template_points: the network must give a P(z) (a binned estimator), this one is a regression")
     library, seds = _template_library(templates, model)
     seds = None if seds is None else torch.as_tensor(seds)
-    n_fit = len(library) if seds is None else seds.numel()
-    prescan = None
-    if points is not None and n_fit > 2 * hybrid.PRESCAN_SEDS:  # zfast.hybrid.prescanned's subset, chosen once
-        every = torch.arange(len(library)) if seds is None else seds.cpu()
-        prescan = hybrid.representative_seds(library, every, hybrid.PRESCAN_SEDS, model.instrument.wave_edges, model.z_range)
+    prescan = None if points is None else prescan_subset(library, seds, model.instrument.wave_edges, model.z_range)
     return Templates(library.to(model.device), None if seds is None else seds.to(model.device),
                      None if points is None else int(points), prescan)  # fmt: skip
 
@@ -393,14 +388,9 @@ def template_columns(model: Model, normalised: torch.Tensor, ivar: torch.Tensor,
     ``library_fit_redshift`` over the model's z range (with ``templates.points``: only at the points of the
     network's P(z) ``probs`` [B, K], ``zfast.hybrid.scan_points``); NaN for spectra with fewer than two valid pixels."""
     library, seds, points, prescan = templates
-    scan = None
-    if points is not None:
-        grid = coarse_grid(model.z_range, FIT_STEP)
-        edges = edges_of(model, probs.device)
-        own = scan_points(probs, edges, grid, FIT_STEP, points, max_missing=1.0)
-        widened = (scan_points(probs, edges, grid, FIT_STEP, points) & ~own).any(dim=1)
-        scan = prescanned(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, own.to(library.device),
-                          widened.to(library.device), model.z_range, FIT_STEP, marginalise=known_noise, subset=prescan)  # fmt: skip
+    scan = None if points is None else hybrid_scan(probs, edges_of(model, probs.device), library, model.instrument, normalised,
+                                                   ivar.to(normalised.device), seds, points, model.z_range, FIT_STEP,
+                                                   known_noise, prescan)  # fmt: skip
     # Without the user's ivar the χ² scale is unknown: no marginalising over SEDs, and the noise comes from the residuals.
     fit = library_fit_redshift(library, model.instrument, normalised.double(), ivar.to(normalised.device), seds, model.z_range,
                                step=FIT_STEP, n_refine=FIT_REFINE, marginalise=known_noise, scan=scan)  # fmt: skip
