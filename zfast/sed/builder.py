@@ -90,7 +90,8 @@ def build(config: BuildConfig, *, command: Optional[str] = None, progress: bool 
     """Draw, evaluate, measure and save a library (``config.out``) and its provenance file. Returns the library.
 
     npz outputs are written zip-compressed (``SEDLibrary.load`` reads either); ``config.dtype`` "float16" is
-    safe because the SEDs are normalised by their median.
+    safe because the SEDs are normalised by their median. From a script with ``config.workers`` > 1, call it
+    under ``if __name__ == "__main__":``: the worker processes are spawned and import the script again.
     """
     started = time.monotonic()
     check_build_config(config)
