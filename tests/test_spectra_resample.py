@@ -83,7 +83,9 @@ def test_matches_overlap_reference(generator, size):
 def test_matches_the_torch_spec(generator, size, monkeypatch):
     flux, var, valid, centres, edges_out = random_case(generator, *size)
     got = predict_module.resample(flux, var, valid, centres, edges_out)  # the native op on the CPU
-    assert_same(got, spec(flux, var, valid, centres, edges_out, monkeypatch), rtol=1e-9)  # the spec's cumsum rounding
+    # The spec differences cumulative sums (rounding ~ eps x the row's integral, seen 2.6e-9 relative on one pixel of
+    # 6,208 with ZFAST_TEST_SEED=1715341463); the native op meets the overlap reference to 1e-12 (test above).
+    assert_same(got, spec(flux, var, valid, centres, edges_out, monkeypatch), rtol=1e-8)
 
 
 def test_edges_outside_empty_rows_and_zero_variance(generator):
