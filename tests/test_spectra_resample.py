@@ -76,7 +76,9 @@ def test_matches_overlap_reference(generator, size):
     edges_in = pixel_edges(centres)
     got = sr.spectra_resample(flux, var, valid, edges_in, edges_out)
     assert all(x.dtype == torch.float64 for x in got) and got[0].shape == (size[0], size[2])
-    assert_same(got, overlap_reference(flux, var, valid, edges_in, edges_out), rtol=1e-12)
+    # 1e-11: both sides round differently where an output pixel is barely half covered (seen 1.5e-12 relative on
+    # one such pixel with ZFAST_TEST_SEED=1715341463).
+    assert_same(got, overlap_reference(flux, var, valid, edges_in, edges_out), rtol=1e-11)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -84,7 +86,7 @@ def test_matches_the_torch_spec(generator, size, monkeypatch):
     flux, var, valid, centres, edges_out = random_case(generator, *size)
     got = predict_module.resample(flux, var, valid, centres, edges_out)  # the native op on the CPU
     # The spec differences cumulative sums (rounding ~ eps x the row's integral, seen 2.6e-9 relative on one pixel of
-    # 6,208 with ZFAST_TEST_SEED=1715341463); the native op meets the overlap reference to 1e-12 (test above).
+    # 6,208 with ZFAST_TEST_SEED=1715341463); the native op meets the overlap reference to 1e-11 (test above).
     assert_same(got, spec(flux, var, valid, centres, edges_out, monkeypatch), rtol=1e-8)
 
 
