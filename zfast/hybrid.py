@@ -114,12 +114,11 @@ def prescanned(library, instrument, flux: torch.Tensor, ivar: torch.Tensor, seds
     n_points = PRESCAN_POINTS if n_points is None else int(n_points)
     if n_seds < 1 or n_points < 1:
         raise ValueError(f"n_seds and n_points must be positive, got {n_seds}, {n_points}")
-    every = torch.arange(len(library)) if seds is None else torch.as_tensor(seds).cpu()
-    if every.numel() <= 2 * n_seds or n_points >= own.shape[1]:
+    if subset is None:
+        subset = prescan_subset(library, seds, instrument.wave_edges, z_range, n_seds)
+    if subset is None or n_points >= own.shape[1]:
         scan[rows] = True
         return scan
-    if subset is None:
-        subset = representative_seds(library, every, n_seds, instrument.wave_edges, z_range)
     # The fit's coarse stage alone (no refinement: only its valley scores are wanted), as library_fit_redshift runs it.
     device = library.device
     weight, values = fit_weights(flux[rows].double().to(device), ivar[rows].double().to(device))
@@ -140,19 +139,23 @@ def hybrid_scan(probs: torch.Tensor, bin_edges, library, instrument, flux: torch
     pre-scan's SEDs, where given) over the coarse grid of ``step`` on ``z_range``."""
     grid = coarse_grid(z_range, step)
     own = scan_points(probs, bin_edges, grid, step, n_points, max_missing=1.0)
-    widened = (scan_points(probs, bin_edges, grid, step, n_points) & ~own).any(dim=1)
+    # scan_points' own widening rule, on the points already chosen (not a second ranking of every cell).
+    p, edges = normalised_probs(probs, bin_edges)
+    widened = (missing_mass(p, edges, grid.to(p), step, own) > MAX_MISSING) & (MAX_MISSING < 1.0)
     device = library.device
     return prescanned(library, instrument, flux.double(), ivar, seds, own.to(device), widened.to(device), z_range, step,
                       marginalise=marginalise, subset=subset)  # fmt: skip
 
 
-def prescan_subset(library, seds: Optional[torch.Tensor], wave_edges, z_range: tuple) -> Optional[torch.Tensor]:
-    """``prescanned``'s ``subset`` for fitting with ``seds`` (None: all) of ``library``: ``representative_seds``
-    of them when they are more than twice ``PRESCAN_SEDS``, else None (no pre-scan)."""
+def prescan_subset(library, seds: Optional[torch.Tensor], wave_edges, z_range: tuple,
+                   n_seds: Optional[int] = None) -> Optional[torch.Tensor]:  # fmt: skip
+    """``prescanned``'s ``subset`` for fitting with ``seds`` (None: all) of ``library``: ``n_seds`` (default
+    ``PRESCAN_SEDS``) ``representative_seds`` of them when they are more than twice that, else None (no pre-scan)."""
+    n_seds = PRESCAN_SEDS if n_seds is None else int(n_seds)
     every = torch.arange(len(library)) if seds is None else torch.as_tensor(seds).cpu()
-    if every.numel() <= 2 * PRESCAN_SEDS:
+    if every.numel() <= 2 * n_seds:
         return None
-    return representative_seds(library, every, PRESCAN_SEDS, wave_edges, z_range)
+    return representative_seds(library, every, n_seds, wave_edges, z_range)
 
 
 SHAPE_BINS = 128  # log-λ bins of the rest band in which representative_seds compares SED shapes

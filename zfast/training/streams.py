@@ -3,6 +3,8 @@ and the fixed sets (validation, calibration) with their seeds from ``SEEDS``."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..data import AugmentedSpectra, Instrument, NoiseModel, Perturbations, SEDLibrary
@@ -42,12 +44,14 @@ def sed_weights(c: TrainConfig, library: SEDLibrary, split: str):
     return torch.where(ew < WEAK_LINE_EW, c.weak_line_weight, 1.0)
 
 
-def augmented(c: TrainConfig, library: SEDLibrary, instrument: Instrument, split: str, seed: int = 0) -> AugmentedSpectra:
+def augmented(c: TrainConfig, library: SEDLibrary, instrument: Instrument, split: str, seed: int = 0,
+              perturbations_: Optional[Perturbations] = None) -> AugmentedSpectra:  # fmt: skip
     """The on-the-fly spectra of one split of the library, as configured (validation and test sets stay uniform
-    over their SEDs)."""
+    over their SEDs); ``perturbations_`` in place of the split's own (``perturbations``) where given."""
     return AugmentedSpectra(library, instrument, (c.z_min, c.z_max), splits(c, library)[split], c.batch_size, seed,
                             mask_prob=c.mask_prob, max_gap=c.max_gap, min_line_snr=c.min_line_snr,
-                            sed_weights=sed_weights(c, library, split), perturbations=perturbations(c, split))  # fmt: skip
+                            sed_weights=sed_weights(c, library, split),
+                            perturbations=perturbations(c, split) if perturbations_ is None else perturbations_)  # fmt: skip
 
 
 def outside_range(c: TrainConfig, library: SEDLibrary, instrument: Instrument) -> tuple:

@@ -18,11 +18,11 @@ import sys
 import torch
 
 from ..calibration import spectrum_snr
-from ..data import AugmentedSpectra, Perturbations
+from ..data import Perturbations
 from ..data.instrument import Instrument, NoiseModel
 from ..predict import predict_normalised
 from .config import SEEDS, TrainConfig
-from .streams import augmented, splits
+from .streams import augmented
 
 CONDITIONS = {"noiseless": NoiseModel("none"), "snr10": NoiseModel("white", snr=(10.0, 10.0)),
               "snr3": NoiseModel("white", snr=(3.0, 3.0)), "euclid": NoiseModel("euclid")}  # fmt: skip
@@ -42,9 +42,7 @@ MASKED = Perturbations(bad_pixel_prob=1.0, bad_pixel_max=0.2)  # scattered bad p
 def masked_validation(c: TrainConfig, library, instrument: Instrument, n: int, seed: int) -> tuple:
     """(flux, ivar, z): ``n`` spectra of the run's validation SEDs on ``instrument`` with ``MASKED``'s scattered bad
     pixels (ivar 0), as real spectra come."""
-    data = AugmentedSpectra(library, instrument, (c.z_min, c.z_max), splits(c, library)["val"], c.batch_size, 0,
-                            mask_prob=c.mask_prob, max_gap=c.max_gap, min_line_snr=c.min_line_snr, perturbations=MASKED)  # fmt: skip
-    flux, ivar, z, _ = data.fixed_set(n, seed=seed)
+    flux, ivar, z, _ = augmented(c, library, instrument, "val", perturbations_=MASKED).fixed_set(n, seed=seed)
     return flux, ivar, z
 
 
